@@ -1,0 +1,41 @@
+# Pref-Restore developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-all lint format bench clean
+
+help:  ## list the commands
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 'setuptools<82' wheel
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e '.[pipeline,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the package with its pipeline and dev extras
+
+demo: setup  ## run the whole pipeline on the tiny profile (embedded SQLite MLflow)
+	$(VENV)/bin/prefrestore demo
+
+test: setup  ## run the test suite (slow and GPU tests excluded)
+	$(VENV)/bin/pytest -q
+
+test-all: setup  ## run every test, slow ones included
+	$(VENV)/bin/pytest -q -m "not gpu"
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+
+format: setup  ## ruff format + fix
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup  ## run the benchmarks (results in benchmarks/RESULTS.md)
+	$(PY) benchmarks/run_all.py
+
+clean:  ## remove pipeline outputs (not the venv)
+	rm -rf data/faces data/validation data/captions data/pairs data/benchmarks models reports mlflow.db mlartifacts

@@ -1,0 +1,124 @@
+"""``prefrestore``: a thin command line over the library's step functions.
+
+Each step subcommand only parses arguments, loads its profile from ``params.yaml`` and calls the
+step's ``run(params, inputs, out)`` inside an MLflow run. Other subcommands (weights, restore,
+pipeline, params) are equally thin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prefrestore import steps
+from prefrestore.config import ConfigError, load, profile_names, read_params_file
+
+EPILOG = """Every hyperparameter lives in params.yaml; --profile picks a profile (default: the file's
+'profile' key). Tracking goes to $MLFLOW_TRACKING_URI, or to the embedded SQLite store mlflow.db."""
+
+
+def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: {what} expects NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def _add_step_parser(sub: Any, step: steps.Step) -> None:
+    ins = ", ".join(step.inputs) or "none"
+    opt = f" (optional: {', '.join(step.optional_inputs)})" if step.optional_inputs else ""
+    p = sub.add_parser(
+        step.name,
+        help=step.help,
+        description=f"{step.help}\n\nInputs: {ins}{opt}. Reads params sections: {', '.join(step.sections)}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profile", help="params.yaml profile (default: the file's 'profile' key)")
+    p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH",
+                   help=f"a named input; this step takes: {ins}{opt}")
+    p.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one params value for this run (YAML syntax); unknown keys are errors")
+    if step.name == "ingest":
+        p.add_argument("--source", help="folder:<path>, hf:<dataset> or synthetic (overrides ingest.source)")
+    p.set_defaults(handler=_run_step, step=step)
+
+
+def _run_step(args: argparse.Namespace) -> int:
+    from prefrestore import tracking
+
+    step: steps.Step = args.step
+    profile = args.profile or read_params_file()["profile"]
+    overrides = {k: yaml.safe_load(v) for k, v in _parse_kv(args.overrides, "--set").items()}
+    if getattr(args, "source", None):
+        overrides["ingest.source"] = args.source
+    params = load(profile)
+    if overrides:
+        params = params.with_overrides(overrides)
+    inputs = {k: Path(v) for k, v in _parse_kv(args.inputs, "--in").items()}
+    unknown = sorted(set(inputs) - set(step.inputs) - set(step.optional_inputs))
+    missing = sorted(set(step.inputs) - set(inputs))
+    if unknown or missing:
+        raise SystemExit(f"error: {step.name}: unknown inputs {unknown}, missing inputs {missing}")
+    for name, path in inputs.items():
+        if not path.exists():
+            raise SystemExit(f"error: {step.name}: input '{name}' does not exist: {path}")
+    run = step.load()
+    sections = {s: params.tree[s] for s in step.sections if s in params.tree}
+    with tracking.step_run(step.name, params, inputs, sections):
+        summary = run(params, inputs, args.out)
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _params_cmd(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(profile_names()))
+        return 0
+    profile = args.profile or read_params_file()["profile"]
+    tree = load(profile).tree
+    if args.section:
+        tree = {args.section: tree[args.section]}
+    print(yaml.safe_dump(json.loads(json.dumps(tree, default=list)), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefrestore",
+        description="Pref-Restore pipeline: train, evaluate and ship a blind face restoration model.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for step in steps.STEPS:
+        _add_step_parser(sub, step)
+    p = sub.add_parser("params", help="Print a profile's resolved parameters.")
+    p.add_argument("--profile")
+    p.add_argument("--section", help="only this section")
+    p.add_argument("--list", action="store_true", help="list the profiles")
+    p.set_defaults(handler=_params_cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
