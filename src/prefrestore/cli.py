@@ -46,6 +46,7 @@ def _add_step_parser(sub: Any, step: steps.Step) -> None:
     p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH",
                    help=f"a named input; this step takes: {ins}{opt}")
     p.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
+    p.add_argument("--summary", type=Path, help="also write the step's JSON summary here (DVC metrics)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one params value for this run (YAML syntax); unknown keys are errors")
     if step.name == "ingest":
@@ -77,8 +78,18 @@ def _run_step(args: argparse.Namespace) -> int:
     with tracking.step_run(step.name, params, inputs, sections):
         summary = run(params, inputs, args.out)
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    if args.summary:
+        from prefrestore.atomic import write_json
+
+        write_json(args.summary, summary)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _demo(profile: str | None) -> int:
+    from prefrestore import demo
+
+    return demo.run(profile)
 
 
 def _params_cmd(args: argparse.Namespace) -> int:
@@ -102,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for step in steps.STEPS:
         _add_step_parser(sub, step)
+    p = sub.add_parser("demo", help="Run the whole pipeline (dvc repro) under one MLflow parent run.")
+    p.add_argument("--profile", help="must equal params.yaml's active profile (DVC tracks that key)")
+    p.set_defaults(handler=lambda a: _demo(a.profile))
     p = sub.add_parser("params", help="Print a profile's resolved parameters.")
     p.add_argument("--profile")
     p.add_argument("--section", help="only this section")
