@@ -59,3 +59,40 @@ def shared_faces() -> Path:
     if not (SHARED_FACES / "hq").is_dir():
         pytest.skip(f"real faces not present at {SHARED_FACES} (only CI and sessions have ../shared)")
     return SHARED_FACES
+
+
+TINY_FACES_COUNT = 24  # images in the shared tiny_faces set (64 px, tiny profile)
+
+
+@pytest.fixture(scope="session")
+def tiny_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ingested synthetic face set (24 faces, 64 px, 21 train / 3 test) made once per session.
+
+    The folder holds ``images/<id>.png``, ``manifest.parquet`` (with ``attributes`` and
+    ``caption_hint``) and ``ingest_report.json``, exactly as ``prefrestore ingest --profile tiny``
+    writes them. Treat it as read-only: other tests share it.
+    """
+    from prefrestore import ingest
+    from prefrestore.config import load
+
+    params = load("tiny").with_overrides({"ingest.source": "synthetic", "ingest.synthetic_count": TINY_FACES_COUNT})
+    out = tmp_path_factory.mktemp("tiny_faces") / "faces"
+    ingest.run(params, {}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_pg_server(tmp_path_factory: pytest.TempPathFactory):
+    """Tracking URI of a real ``mlflow server`` on 127.0.0.1 backed by a fresh PostgreSQL database.
+
+    Started once per session (tests/mlflow_server.py); the database is dropped at teardown. Skips
+    with the reason when no local PostgreSQL (trust auth) or psycopg2 is available. Tests that use
+    it should carry ``@pytest.mark.postgres`` and set ``MLFLOW_TRACKING_URI`` themselves.
+    """
+    import mlflow_server
+
+    reason = mlflow_server.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with mlflow_server.pg_mlflow_server(tmp_path_factory.mktemp("mlflow_pg")) as uri:
+        yield uri

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", help="only this section")
     p.add_argument("--list", action="store_true", help="list the profiles")
     p.set_defaults(handler=_params_cmd)
+    from prefrestore import pipeline_cli  # `prefrestore pipeline ...` (imports kfp only when it runs)
+
+    pipeline_cli.add_parser(sub)
+    from prefrestore import weights_cli  # `prefrestore weights plan|verify [--require]`
+
+    weights_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,191 @@
+"""Degradation model (Eq. 16): config presets, parameter draws, replay, self-reconstruction, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefrestore.config import ConfigError, load
+from prefrestore.degrade import (
+    PARAM_COLUMNS,
+    DegradeConfig,
+    DegradeParams,
+    degrade,
+    degrade_reference,
+    draw_params,
+    gaussian_kernel,
+    kernel_radius,
+    lq_size,
+    params_for,
+)
+
+
+def face_like(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth image with edges (blobs on a gradient): blur and JPEG visibly change it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([xx, yy, 1 - xx * yy], axis=2) * 160
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def paper() -> DegradeConfig:
+    return load("paper").section("degrade", DegradeConfig)
+
+
+@pytest.fixture(scope="module")
+def released() -> DegradeConfig:
+    return load("released").section("degrade", DegradeConfig)
+
+
+def test_presets_load_with_documented_values(paper: DegradeConfig, released: DegradeConfig) -> None:
+    assert (paper.sigma, paper.downsample, paper.noise, paper.jpeg_quality) == ((1, 15), (1, 30), (0, 20), (40, 100))
+    assert paper.aniso_prob == 0.0 and paper.p_rec == 0.1
+    # released blip3o/data/image_degradation.py: 50/50 iso/aniso 41x41, r [4, 30], q int(U(30, 80)), p_rec 0.2
+    assert released.aniso_prob == 0.5 and released.kernel_size == 41
+    assert released.rotation == (-math.pi, math.pi)
+    assert released.sigma == (1, 15) and released.downsample == (4, 30) and released.noise == (0, 20)
+    assert released.jpeg_quality == (30, 80) and released.quality_draw == "floor_uniform"
+    assert (released.down_interp, released.up_interp, released.size_rule) == ("linear", "linear", "floordiv")
+    assert released.noise_kind == "color" and released.quantize == "truncate" and released.p_rec == 0.2
+    tiny = load("tiny").section("degrade", DegradeConfig)
+    assert tiny.downsample[1] <= 8 and tiny.kernel_size == 0
+
+
+@pytest.mark.parametrize("override", [
+    {"degrade.p_rec": 1.5}, {"degrade.sigma": [5.0, 1.0]}, {"degrade.kernel_size": 40},
+    {"degrade.downsample": [0.5, 4.0]}, {"degrade.jpeg_quality": [30, 120]}, {"degrade.down_interp": "lanczos9"},
+    {"degrade.sigma": 3.0}, {"degrade.workers": 0},
+])
+def test_out_of_range_is_config_error(override: dict) -> None:
+    with pytest.raises(ConfigError):
+        load("paper").with_overrides(override).section("degrade", DegradeConfig)
+
+
+@pytest.mark.parametrize("profile", ["paper", "released", "tiny"])
+def test_draws_stay_in_range(profile: str) -> None:
+    cfg = load(profile).section("degrade", DegradeConfig)
+    rng = np.random.default_rng(0)
+    draws = [draw_params(rng, cfg) for _ in range(2000)]
+    frame = pd.DataFrame([d.as_row() for d in draws])
+    assert frame["sigma_x"].between(*cfg.sigma).all() and frame["sigma_y"].between(*cfg.sigma).all()
+    assert frame["r"].between(*cfg.downsample).all() and frame["delta"].between(*cfg.noise).all()
+    assert frame["q"].between(*cfg.jpeg_quality).all() and frame["theta"].between(*cfg.rotation).all()
+    iso = frame[frame["kernel"] == "iso"]
+    assert (iso["sigma_x"] == iso["sigma_y"]).all() and (iso["theta"] == 0).all()
+    assert abs((frame["kernel"] == "aniso").mean() - cfg.aniso_prob) < 0.04
+    # the ranges are actually covered, not a corner of them
+    assert frame["r"].max() - frame["r"].min() > 0.9 * (cfg.downsample[1] - cfg.downsample[0])
+    if cfg.quality_draw == "floor_uniform":  # int(U(30, 80)) never reaches 80
+        assert frame["q"].max() == cfg.jpeg_quality[1] - 1 and frame["q"].min() == cfg.jpeg_quality[0]
+    else:
+        assert frame["q"].max() == cfg.jpeg_quality[1] and frame["q"].min() == cfg.jpeg_quality[0]
+
+
+@pytest.mark.parametrize("profile", ["paper", "released"])
+def test_self_reconstruction_frequency(profile: str) -> None:
+    cfg = load(profile).section("degrade", DegradeConfig)
+    flags = [params_for(f"img{i:05d}", 0, cfg).self_rec for i in range(4000)]
+    # binomial std at n=4000 is <= 0.0064; 4 sigma
+    assert abs(np.mean(flags) - cfg.p_rec) < 0.026
+
+
+def test_self_reconstruction_returns_hq(paper: DegradeConfig) -> None:
+    img = face_like(64)
+    p = dataclasses.replace(params_for("a", 0, paper), self_rec=True)
+    out = degrade(img, p, paper)
+    assert np.array_equal(out, img) and out is not img
+
+
+def test_params_depend_only_on_seed_id_epoch(paper: DegradeConfig) -> None:
+    a = params_for("face_001", 7, paper)
+    assert params_for("face_001", 7, paper) == a
+    assert params_for("face_002", 7, paper) != a
+    assert params_for("face_001", 8, paper) != a
+    assert params_for("face_001", 7, paper, epoch=1) != a
+
+
+def test_degrade_changes_image_and_keeps_shape(paper: DegradeConfig) -> None:
+    img = face_like(128)
+    p = DegradeParams("iso", 3.0, 3.0, 0.0, 4.0, 10.0, 50, 123, False)
+    out = degrade(img, p, paper)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # a blurred, 4x downsampled copy has far less high-frequency energy
+    def hf(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x.astype(float), axis=1)).mean())
+    assert hf(out) < 0.7 * hf(img)
+    assert 5 < np.abs(out.astype(float) - img).mean() < 60
+
+
+def test_replay_from_manifest_is_bit_exact(released: DegradeConfig, tmp_path) -> None:
+    img = face_like(96, seed=3)
+    rows, outs = [], []
+    for i in range(12):
+        p = params_for(f"s{i}", 0, released)
+        outs.append(degrade(img, p, released))
+        rows.append({"id": f"s{i}", **p.as_row()})
+    pd.DataFrame(rows).to_parquet(tmp_path / "pairs.parquet")
+    back = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert set(PARAM_COLUMNS) <= set(back.columns)
+    for row, out in zip(back.to_dict("records"), outs, strict=True):
+        p = DegradeParams.from_row(row)
+        assert p == params_for(row["id"], 0, released)
+        assert np.array_equal(degrade(img, p, released), out)
+
+
+def test_kernel_truncation(paper: DegradeConfig) -> None:
+    p = DegradeParams("iso", 15.0, 15.0, 0.0, 4.0, 0.0, 90, 0, False)
+    k = gaussian_kernel(p, paper)
+    assert k.shape == (41, 41) and math.isclose(k.sum(), 1.0)
+    # hard cut at +-20 px (1.33 sigma): the edge weight is still exp(-0.5 * (20/15)^2) of the centre row's
+    assert math.isclose(k[20, 0] / k[20, 20], math.exp(-0.5 * (20 / 15) ** 2), rel_tol=1e-9)
+    adaptive = dataclasses.replace(paper, kernel_size=0, kernel_truncate=3.0)
+    assert kernel_radius(p, adaptive) == 45 and gaussian_kernel(p, adaptive).shape == (91, 91)
+    aniso = DegradeParams("aniso", 6.0, 1.5, math.pi / 4, 4.0, 0.0, 90, 0, False)
+    ka = gaussian_kernel(aniso, paper)
+    assert np.allclose(ka, ka[::-1, ::-1]) and not np.allclose(ka, ka.T[::-1])  # point-symmetric, rotated
+    assert ka[15, 15] > ka[15, 25]  # elongated along the diagonal
+
+
+def test_lq_size_rules(paper: DegradeConfig) -> None:
+    p = DegradeParams("iso", 1.0, 1.0, 0.0, 7.3, 0.0, 90, 0, False)
+    assert lq_size(512, 512, p, paper) == (70, 70)  # int(512 // 7.3)
+    assert lq_size(512, 512, p, dataclasses.replace(paper, size_rule="round")) == (70, 70)
+    p = dataclasses.replace(p, r=29.9)
+    assert lq_size(512, 512, p, paper) == (17, 17)
+    assert lq_size(16, 16, p, paper) == (1, 1)  # never 0
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8), np.zeros((64, 64, 3), np.float32),
+    [[1, 2, 3]], np.zeros((1, 64, 3), np.uint8),
+])
+def test_bad_input_is_a_clear_error(bad, paper: DegradeConfig) -> None:
+    p = params_for("x", 0, paper)
+    with pytest.raises(ValueError, match="uint8|too small"):
+        degrade(bad, dataclasses.replace(p, self_rec=False), paper)
+    with pytest.raises(ValueError, match="uint8|too small"):
+        degrade_reference(bad, p, paper)
+
+
+def test_real_faces(shared_faces, paper: DegradeConfig, released: DegradeConfig) -> None:
+    from prefrestore.images import load_rgb
+
+    paths = sorted((shared_faces / "hq").glob("*.png"))[:3]
+    for k, path in enumerate(paths):
+        hq = load_rgb(path)
+        for cfg in (paper, released):
+            p = dataclasses.replace(params_for(path.stem, 0, cfg), self_rec=False, r=4.0 + 2 * k)
+            lq = degrade(hq, p, cfg)
+            assert lq.shape == hq.shape == (512, 512, 3)
+            assert np.array_equal(lq, degrade(hq, p, cfg))
+            # the reference path gives the same image up to JPEG re-quantisation of 1-LSB input changes
+            ref = degrade_reference(hq, p, cfg)
+            assert np.abs(ref.astype(int) - lq).mean() < 0.5
