@@ -53,7 +53,7 @@ def main() -> None:
     base_rate, base_texts = results[base_bs]
     print(f"device={cap.device} dtype={cap.model.dtype} threads={args.threads} images={args.images} "
           f"res={args.resolution} new_tokens={args.max_new_tokens}")
-    print("| batch size | captions/s | ratio vs bs=%d | same captions |" % base_bs)
+    print(f"| batch size | captions/s | ratio vs bs={base_bs} | same captions |")
     print("|---|---|---|---|")
     for bs, (rate, texts) in results.items():
         print(f"| {bs} | {rate:.2f} | {rate / base_rate:.2f}x | {texts == base_texts} |")

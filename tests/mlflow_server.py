@@ -76,7 +76,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float)
 
 
 @contextlib.contextmanager
-def pg_mlflow_server(workdir: Path, startup_timeout_s: float = 120.0) -> Iterator[str]:
+def pg_mlflow_server(workdir: Path, startup_timeout_s: float = 180.0) -> Iterator[str]:
     """Yield the tracking URI of a fresh PostgreSQL-backed ``mlflow server`` on 127.0.0.1."""
     user = pg_user()
     if user is None:
@@ -93,7 +93,7 @@ def pg_mlflow_server(workdir: Path, startup_timeout_s: float = 120.0) -> Iterato
     cmd = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"postgresql+psycopg2://{user}@{PG_HOST}:{PG_PORT}/{dbname}",
-        "--artifacts-destination", (workdir / "artifacts").as_uri(), "--workers", "2",
+        "--artifacts-destination", (workdir / "artifacts").as_uri(), "--workers", "1",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     with open(log, "wb") as fh:

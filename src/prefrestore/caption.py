@@ -16,8 +16,12 @@ On disk, under ``out``:
   ``caption``, ``valid``, ``attempts``, ``flag``.
 - ``caption_report.json``: the summary returned by :func:`run`.
 
+One run at a time per ``out``: two concurrent runs on the same folder would caption the same ids.
+
 Validity (Appendix D): a caption is valid when it is non-empty, starts with "a photography of a"
 and has fewer than 100 words. The prefix and the limit come from ``params.yaml`` ``validate``.
+At the end, the rows marked valid are re-checked with the great-expectations caption suite of
+:mod:`prefrestore.validate`; a disagreement is an error.
 - Before the check, :func:`clean_caption` trims whitespace and wrapping quotes, and lower-cases
   a leading "A photography of a".
 - An invalid caption is retried (``max_attempts`` in all). A greedy retry would repeat itself,
@@ -32,7 +36,7 @@ import dataclasses
 import json
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -298,7 +302,6 @@ def caption_items(
     out: Path,
     cfg: CaptionConfig,
     rule: CaptionRule,
-    on_shard: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Caption every item not yet in ``out/shards``, one atomic shard per batch; then consolidate."""
     shard_dir = out / "shards"
@@ -318,8 +321,6 @@ def caption_items(
             atomic.write_text(shard_dir / f"{index:06d}.jsonl", text)
             index += 1
             bar.update(len(batch))
-            if on_shard is not None:
-                on_shard(index)
     elapsed = time.perf_counter() - t0
     return consolidate(items, out, elapsed, len(todo))
 
@@ -356,11 +357,26 @@ def consolidate(items: Sequence[Item], out: Path, elapsed_s: float, new: int) ->
 
 def load_rule(params: Params) -> CaptionRule:
     """The validity rule from the ``validate`` section (one home for the prefix and word limit)."""
-    try:
-        section = params.tree["validate"]
-        return CaptionRule(prefix=str(section["caption_prefix"]), max_words=int(section["caption_max_words"]))
-    except KeyError as exc:
-        raise ConfigError(f"profile '{params.profile}': params.yaml validate.{exc.args[0]} is required by caption") from exc
+    from prefrestore.validate import ValidateConfig
+
+    vcfg = params.section("validate", ValidateConfig)
+    return CaptionRule(prefix=vcfg.caption_prefix, max_words=vcfg.caption_max_words)
+
+
+def cross_check(out: Path, rule: CaptionRule) -> int:
+    """Run the great-expectations caption suite (:func:`prefrestore.validate.validate_captions`) on
+    the rows marked valid; a disagreement with :func:`invalid_reason` is a bug and raises."""
+    from prefrestore.validate import ValidateConfig, validate_captions
+
+    frame = pd.read_parquet(out / "captions.parquet")
+    valid = frame[frame["valid"]]
+    if valid.empty:
+        return 0
+    suite = validate_captions(valid, ValidateConfig(min_rows=0, caption_prefix=rule.prefix,
+                                                    caption_max_words=rule.max_words))
+    if not suite.success:
+        raise RuntimeError(f"caption: rows marked valid fail the caption suite: {'; '.join(suite.failed)}")
+    return len(valid)
 
 
 def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
@@ -377,5 +393,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
     else:
         summary = caption_items(build_captioner(cfg, seed), items, out, cfg, rule)
     summary["backend"] = cfg.backend
+    summary["suite_checked"] = cross_check(out, rule)
+    atomic.write_json(out / "caption_report.json", summary)
     tracking.log_artifact(out / "caption_report.json")
     return summary

@@ -127,7 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     from prefrestore import weights_cli  # `prefrestore weights plan|verify [--require]`
 
     weights_cli.add_parser(sub)
+    from prefrestore import restore_cli  # `prefrestore restore INPUT... --variant ... --out DIR`
+
+    restore_cli.add_parser(sub)
+    p = sub.add_parser("model-info", help="Parameter counts and shapes of a profile's model (meta device).")
+    p.add_argument("--profile", help="params.yaml profile (default: the file's 'profile' key)")
+    p.set_defaults(handler=_model_info_cmd)
     return parser
+
+
+def _model_info_cmd(args: argparse.Namespace) -> int:
+    from prefrestore.model.params_count import model_info
+
+    print(model_info(args.profile or read_params_file()["profile"]))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

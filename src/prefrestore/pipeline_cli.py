@@ -226,11 +226,16 @@ def submit(host: str, profile: str, name: str, arguments: Mapping[str, Any], exp
 
     import kfp
 
+    from prefrestore.launcher import cluster_config
+
+    cluster = cluster_config(load(profile))
     with tempfile.TemporaryDirectory() as tmp:
         (package,) = compile_pipelines(profile, Path(tmp), [name])
-        client = kfp.Client(host=host)
+        client = kfp.Client(host=host, namespace=cluster.namespace)
         run = client.create_run_from_pipeline_package(str(package), arguments=dict(arguments),
-                                                      experiment_name=experiment)
+                                                      experiment_name=experiment,
+                                                      namespace=cluster.namespace,
+                                                      service_account=cluster.service_account)
     return str(run.run_id)
 
 

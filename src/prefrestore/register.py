@@ -160,13 +160,19 @@ def settle(client: Any, name: str, alias: str, max_rounds: int) -> int | None:
     Returns the champion confirmed by the final read. Raises ``RuntimeError`` if the registry keeps
     changing for ``max_rounds`` rounds (it cannot, unless something outside the gate moves the alias).
     """
+    from mlflow.exceptions import MlflowException
+
+    last_error: Exception | None = None
     for _ in range(max_rounds):
         target = gates.resolve_champion(recorded_passes(all_versions(client, name)))
         current = alias_version(client, name, alias)
         if target is None or current == target:
             return current
-        client.set_registered_model_alias(name, alias, str(target))
-    raise RuntimeError(f"{name}: alias '{alias}' did not settle in {max_rounds} rounds")
+        try:
+            client.set_registered_model_alias(name, alias, str(target))
+        except MlflowException as exc:  # a concurrent first write of the alias won (unique key): re-read
+            last_error = exc
+    raise RuntimeError(f"{name}: alias '{alias}' did not settle in {max_rounds} rounds (last error: {last_error})")
 
 
 # ---------------------------------------------------------------------------------------------

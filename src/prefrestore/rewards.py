@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from prefrestore.config import check_range
+from prefrestore.metrics.iqa import LPIPS_W
 from prefrestore.weights import MissingWeights, WeightFile, require
 
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, Sequence[str]], torch.Tensor]
@@ -255,7 +256,9 @@ def hpsv21_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
 
     model = open_clip.create_model("ViT-H-14", pretrained=None)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise MissingWeights(f"{path}: not an HPS v2.1 checkpoint (no 'state_dict' entry)")
+    model.load_state_dict(state["state_dict"])  # strict: every ViT-H-14 tensor must be there
     return OpenClipCosineScorer(model, open_clip.get_tokenizer("ViT-H-14"), 224, device)
 
 
@@ -267,7 +270,7 @@ def hpsv21_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
 def lpips_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
     """``-LPIPS(images, hq)`` (pyiqa ``lpips``, AlexNet); lower LPIPS is better, so it is negated."""
     from prefrestore.metrics.base import no_downloads
-    from prefrestore.metrics.iqa import LPIPS_W, assert_tensor_only, check_pyiqa_cache
+    from prefrestore.metrics.iqa import assert_tensor_only, check_pyiqa_cache
 
     for w in LPIPS_W:
         require(w)
@@ -354,7 +357,7 @@ SPECS: dict[str, RewardSpec] = {
     "pickscore": RewardSpec(False, True, PICKSCORE_WEIGHTS, pickscore_reward),
     "hpsv21": RewardSpec(False, True, HPS_WEIGHTS, hpsv21_reward),
     "clip": RewardSpec(False, True, CLIP_WEIGHTS, clip_reward),
-    "lpips": RewardSpec(True, False, (), lpips_reward),  # weights: prefrestore.metrics.iqa.LPIPS_W
+    "lpips": RewardSpec(True, False, LPIPS_W, lpips_reward),  # the evaluation metric's own files
     "lmd": RewardSpec(True, False, LMD_WEIGHTS, lmd_reward),
     "arcface": RewardSpec(True, False, ARCFACE_WEIGHTS, arcface_reward),
     "psnr": RewardSpec(True, False, (), lambda cfg, dev: psnr_reward(cfg.psnr_scale_db)),
@@ -363,6 +366,7 @@ SPECS: dict[str, RewardSpec] = {
     "sharpness": RewardSpec(False, False, (), lambda cfg, dev: sharpness_reward(cfg.sharpness_ref)),
 }
 
+# every file a reward loads (LPIPS_W is declared, and listed, by prefrestore.metrics.iqa)
 WEIGHTS: tuple[WeightFile, ...] = (*PICKSCORE_WEIGHTS, *HPS_WEIGHTS, *CLIP_WEIGHTS, *LMD_WEIGHTS,
                                    *ARCFACE_WEIGHTS)
 

@@ -94,7 +94,7 @@ STEPS: tuple[Step, ...] = (
     Step("validate", "Validate the image manifest (and captions, if given) with great-expectations.",
          ("faces",), ("captions",), ("data", "validate"), False, _validate),
     Step("caption", "Caption every face (Qwen2.5-VL, or the synthetic attributes), resumably.",
-         ("faces",), (), ("data", "caption"), True, _caption),
+         ("faces",), (), ("data", "caption", "validate"), True, _caption),
     Step("degrade", "Synthesise (LQ, HQ) training pairs and the CelebA-Test-style benchmark (Eq. 16).",
          ("faces",), (), ("data", "degrade"), False, _degrade),
     Step("bootstrap", "Stage 0 (tiny profile only): pre-train the tiny DC-AE, codebook and generator.",

@@ -121,7 +121,7 @@ def test_clean_resize_shape_and_range():
 def test_identity_angle_degrees():
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
-    assert face.identity_angle(a, b).tolist() == pytest.approx([0.0, 90.0, 180.0], abs=1e-6)
+    assert face.identity_angle(a, b).tolist() == pytest.approx([0.0, 90.0, 180.0], abs=1e-4)
 
 
 def test_arcface_loads_dataparallel_checkpoint_and_scores_deg(tmp_path, monkeypatch):
@@ -138,7 +138,7 @@ def test_arcface_loads_dataparallel_checkpoint_and_scores_deg(tmp_path, monkeypa
     x, y = _pair(4, b=2, size=64)
     same = scorer.update(x, x, None)
     diff = scorer.fresh().update(x, y.flip(-1), None)
-    assert torch.allclose(same, torch.zeros(2, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(same, torch.zeros(2), atol=1e-2)
     assert (diff > 0.01).all()
 
 
@@ -155,9 +155,14 @@ def test_lmd_zero_for_identical_faces_with_tiny_fan():
     fan = FAN(num_modules=1, num_landmarks=98, device="cpu").eval()
     scorer = face.lmd_scorer(fan, 64, torch.device("cpu"))
     x, y = _pair(5, b=2, size=64)
-    assert torch.allclose(scorer.update(x, x, None), torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(scorer.update(x, x, None), torch.zeros(2))
     pts = face.landmarks_98(fan, face.to_uint8(x), 64, torch.device("cpu"))
     assert pts.shape == (2, 98, 2) and pts.min() >= 0 and pts.max() <= 64
+    heat = np.zeros((1, 2, 64, 64))
+    heat[0, 0, 10, 20] = 1.0  # peak at x=20, y=10; right and lower neighbours larger than left/upper
+    heat[0, 0, 10, 21] = heat[0, 0, 11, 20] = 0.5
+    heat[0, 1, 30, 5] = 1.0
+    assert face.calculate_points(heat)[0].tolist() == [[20.75, 10.75], [5.5, 30.5]]
     a, b = np.zeros((1, 98, 2)), np.full((1, 98, 2), 3.0)
     assert face.landmark_distance(a, b)[0] == pytest.approx(math.sqrt(18))
 

@@ -446,3 +446,30 @@ def test_local_run_tiny_real_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert runs, "kfp.local wrote no run"
     decision = next((tmp_path / "root").rglob("register/decision/decision.json"))
     assert set(json.loads(decision.read_text())) == {"fidelity", "quality"}
+
+
+REAL_DATA_STEPS = ("ingest", "caption", "validate", "degrade")
+
+
+@pytest.mark.slow
+def test_local_run_real_data_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny profile through kfp.local with the real data steps (ingest, caption, validate, degrade) and
+    stand-ins for the model steps: the real components' artifact paths, overrides and summaries work."""
+    from kfp import local
+
+    from pipelines import training
+
+    monkeypatch.setenv("FAKE_PROMOTE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    real = components.build("example.com/prefrestore:test")
+    comps = dataclasses.replace(_fake_components(), **{n: real.step(n) for n in REAL_DATA_STEPS})
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    training.build(cluster_config(load("tiny")), "tiny", comps=comps)(release_root=str(tmp_path / "rel"))
+    latest = json.loads((tmp_path / "rel" / "latest.json").read_text())
+    seen = json.loads((Path(latest["path"]) / "decision" / "decision.json").read_text())
+    assert sorted(seen["quality"]["benchmarks"]) == list(load("tiny").tree["evaluate"]["benchmarks"])
+    (run,) = (tmp_path / "root").iterdir()
+    assert (run / "ingest" / "faces" / "manifest.parquet").is_file()
+    assert (run / "degrade" / "pairs" / "benchmarks").is_dir()
+    metrics = json.loads((run / "ingest" / "executor_output.json").read_text())
+    assert metrics["artifacts"]["summary"]["artifacts"][0]["metadata"], "ingest's summary reached KFP Metrics"

@@ -19,13 +19,20 @@ from mlflow import MlflowClient
 from prefrestore import gates, register
 from prefrestore.config import load
 
-pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def server(mlflow_pg_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_pg_server)
-    return mlflow_pg_server
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('race_store') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])])
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store under test: the SQLite default (fast, default run) or a PostgreSQL-backed
+    ``mlflow server`` on loopback (REST, separate server process; slow: run with -m slow)."""
+    uri = request.getfixturevalue("sqlite_store" if request.param == "sqlite" else "mlflow_pg_server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def pretrained() -> ToyVelocity:
     g = torch.Generator().manual_seed(0)
     net = ToyVelocity()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(800):
+    for _ in range(500):
         z, e = two_modes(256, g), torch.randn(256, 2, generator=g)
         s = SCHED.sample_sigma(256, generator=g)
         loss = flow_matching_loss(net(interpolate(z, e, s), s), z, e)

@@ -41,8 +41,6 @@ def landmarks_98(fan: nn.Module, images: np.ndarray, resolution: int, device: to
     As facexlib ``FAN.get_landmarks``: the image goes to 256x256 (cv2 bilinear), the last
     hourglass's heatmaps (minus the boundary channel) give points on a 64x64 grid, scaled back.
     """
-    from facexlib.alignment.awing_arch import calculate_points
-
     batch = []
     for img in images:
         img = cv2.resize(img, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
@@ -51,8 +49,30 @@ def landmarks_98(fan: nn.Module, images: np.ndarray, resolution: int, device: to
     with torch.no_grad():
         outputs, _ = fan(inp)
     heat = outputs[-1][:, :-1].cpu().numpy()
-    pts = np.stack([calculate_points(heat[i : i + 1]).reshape(-1, 2) for i in range(len(images))])
+    pts = np.stack([calculate_points(heat[i : i + 1])[0] for i in range(len(images))])
     return pts * (resolution / 64.0)
+
+
+def calculate_points(heatmaps: np.ndarray) -> np.ndarray:
+    """Heatmaps ``[B, N, H, W]`` -> points ``[B, N, 2]`` (x, y) on the heatmap grid.
+
+    The same rule as facexlib ``awing_arch.calculate_points`` (argmax, a quarter-pixel step
+    toward the larger neighbour, +0.5; its edge handling kept), which no longer runs on
+    NumPy >= 1.24 (it uses the removed ``np.float``).
+    """
+    b, n, h, w = heatmaps.shape
+    hw = h * w
+    flat = heatmaps.reshape(b * n, hw)
+    idx = np.argmax(flat, axis=1)
+    preds = np.stack((idx % w, idx // w), axis=1).astype(np.float64)
+    rows = np.arange(b * n)
+    x_up = flat[rows, np.minimum(idx + 1, hw - 1)]
+    x_down = flat[rows, idx - 1]
+    y_up = flat[rows, hw - 1] if ((idx + w) >= hw).any() else flat[rows, idx + w]
+    y_down = flat[rows, 0] if ((idx - w) <= 0).any() else flat[rows, idx - w]
+    preds += 0.25 * np.sign(np.stack((x_up - x_down, y_up - y_down), axis=1))
+    preds += 0.5
+    return preds.reshape(b, n, 2)
 
 
 def landmark_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
