@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +98,12 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "img"
 
 
-def _folder_items(root: Path, cfg: IngestConfig) -> tuple[list[Item], list[Any], int]:
+def _folder_items(root: Path, cfg: IngestConfig, out: Path) -> tuple[list[Item], list[Any], int]:
     if not root.is_dir():
         raise FileNotFoundError(f"ingest source folder does not exist: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    own = out.resolve().parent  # never ingest our own output (or its work folders) when it lies inside root
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not _is_own(p.resolve(), own, out.name))
     hidden = [p for p in files if any(part.startswith(".") for part in p.relative_to(root).parts)]
     hidden_set = set(hidden)
     files = [p for p in files if p not in hidden_set]
@@ -122,6 +124,14 @@ def _folder_items(root: Path, cfg: IngestConfig) -> tuple[list[Item], list[Any],
             attributes={}, caption_hint="",
         ))
     return items, listing, len(hidden)
+
+
+def _is_own(path: Path, parent: Path, name: str) -> bool:
+    try:
+        first = path.relative_to(parent).parts[0]
+    except ValueError:
+        return False
+    return first == name or first.startswith(f".{name}.")
 
 
 def _synthetic_items(data: DataConfig, cfg: IngestConfig) -> tuple[list[Item], list[Any], int]:
@@ -183,11 +193,11 @@ def _hf_items(spec: str, cfg: IngestConfig) -> tuple[list[Item], list[Any], int]
     return items, listing, 0
 
 
-def _items(data: DataConfig, cfg: IngestConfig) -> tuple[list[Item], list[Any], int]:
+def _items(data: DataConfig, cfg: IngestConfig, out: Path) -> tuple[list[Item], list[Any], int]:
     if cfg.source == "synthetic":
         return _synthetic_items(data, cfg)
     if cfg.source.startswith("folder:"):
-        return _folder_items(Path(cfg.source.removeprefix("folder:")).expanduser(), cfg)
+        return _folder_items(Path(cfg.source.removeprefix("folder:")).expanduser(), cfg, out)
     return _hf_items(cfg.source.removeprefix("hf:"), cfg)
 
 
@@ -276,13 +286,14 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
     data = params.section("data", DataConfig)
     cfg = params.section("ingest", IngestConfig)
     out = Path(out)
-    items, listing, hidden = _items(data, cfg)
+    items, listing, hidden = _items(data, cfg, out)
     fingerprint = _fingerprint(data, cfg, listing)
 
     report_path = out / "ingest_report.json"
     if report_path.is_file() and (out / "manifest.parquet").is_file():
         old = json.loads(report_path.read_text(encoding="utf-8"))
-        if old.get("fingerprint") == fingerprint:
+        complete = len(list((out / "images").glob("*.png"))) == old.get("accepted")
+        if old.get("fingerprint") == fingerprint and complete:
             return {**_summary(old), "skipped": True}
 
     work = out.parent / f".{out.name}.ingest-{fingerprint[:16]}"
@@ -350,9 +361,3 @@ def _cleanup_stale(out: Path) -> None:
     for stale in out.parent.glob(f".{out.name}.ingest-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
-
-def iter_manifest(folder: Path) -> Iterator[tuple[dict[str, Any], Path]]:
-    """Rows of ``folder/manifest.parquet`` with the absolute image path (a helper for later steps)."""
-    frame = pd.read_parquet(Path(folder) / "manifest.parquet")
-    for row in frame.to_dict("records"):
-        yield row, Path(folder) / row["path"]

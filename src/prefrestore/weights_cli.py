@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrestore import atomic
-from prefrestore.weights import WeightFile, local_path, root_dir, sha256_file, status
+from prefrestore.weights import WeightFile, root_dir, sha256_file, status
 
 CONSUMERS = ("prefrestore.metrics", "prefrestore.rewards", "prefrestore.model", "prefrestore.captioner_qwen")
 UNPUBLISHED = "unpublished — recorded at staging"

@@ -114,7 +114,7 @@ def test_pyiqa_cache_mismatch_is_an_error(monkeypatch, tmp_path):
 
 def test_clean_resize_shape_and_range():
     out = iqa.clean_resize_299(torch.rand(2, 3, 40, 56))
-    assert out.shape == (2, 3, 299, 299) and 0 <= out.min() and out.max() <= 255
+    assert out.shape == (2, 3, 299, 299) and out.min() >= 0 and out.max() <= 255
 
 
 # ---------------------------------------------------------------- face metrics

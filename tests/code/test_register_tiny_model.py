@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefrestore import images, register
+from prefrestore import images, pyfunc_model, register
 from prefrestore.config import load
 from prefrestore.flow import FlowSchedule
 from prefrestore.model.config import ModelConfig
@@ -36,6 +36,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~40 s: two pyfunc logs whose input examples MLflow validates with the real model
 def test_tiny_model_round_trip_through_the_registry(tiny_model_dir, tmp_path):
     params = load("tiny")
     reports = tmp_path / "reports"
@@ -57,3 +58,23 @@ def test_tiny_model_round_trip_through_the_registry(tiny_model_dir, tmp_path):
     expected = direct.restore_uint8([images.fit_square(img, direct.resolution, 2.0)], None, 5, 2)[0]
     assert out.shape == (direct.resolution, direct.resolution, 3)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_pyfunc_wrapper_restores_like_the_real_restorer(tiny_model_dir):
+    """Fast variant (default run): the wrapper's load_context + predict on the real tiny model."""
+
+    class Context:
+        artifacts = {pyfunc_model.MODEL_DIR_ARTIFACT: str(tiny_model_dir)}
+
+    wrapper = pyfunc_model.PrefRestorePyfunc("fidelity", default_seed=3, max_aspect=2.0, batch_size=4)
+    wrapper.load_context(Context())
+    img = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    frame = pd.DataFrame({"image": [base64.b64encode(images.encode_png(img)).decode()] * 2, "steps": [1.0, 1.0]})
+    out = [images.load_rgb(base64.b64decode(b)) for b in wrapper.predict(None, frame)["image"]]
+
+    direct = Restorer.from_pretrained(tiny_model_dir)
+    square = images.fit_square(img, direct.resolution, 2.0)
+    expected = direct.restore_uint8([square, square], None, 3, 1)  # default seed 3, one batch
+    for got, want in zip(out, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(out[0], square)  # it did restore something

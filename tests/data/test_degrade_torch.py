@@ -37,8 +37,7 @@ def _params(cfg: DegradeConfig, n: int, seed: int = 0) -> list[DegradeParams]:
 def test_matches_numpy_before_jpeg(profile: str) -> None:
     cfg = dataclasses.replace(load(profile).section("degrade", DegradeConfig), downsample=(1.5, 12.0))
     hq = _faces(6, 128)
-    params = _params(cfg, 6)
-    params[0] = dataclasses.replace(params[0], self_rec=True)
+    params = [dataclasses.replace(p, self_rec=i == 0) for i, p in enumerate(_params(cfg, 6))]
     smalls = pre_jpeg_batch(torch.from_numpy(hq), params, cfg)
     assert torch.equal(smalls[0], torch.from_numpy(hq[0]).permute(2, 0, 1).float() / 255)
     for img, p, small in zip(hq[1:], params[1:], smalls[1:], strict=True):

@@ -196,6 +196,9 @@ def test_rerun_is_skipped_and_identical(tmp_path):
     other = tmp_path / "again"  # a fresh run elsewhere writes the very same manifest
     ingest.run(params, {}, other)
     pd.testing.assert_frame_equal(pd.read_parquet(other / "manifest.parquet"), pd.read_parquet(out / "manifest.parquet"))
+    (out / "images" / "syn_000000.png").unlink()  # a damaged output is redone, not skipped
+    assert not ingest.run(params, {}, out)["skipped"]
+    assert (out / "manifest.parquet").read_bytes() == manifest
     changed = ingest.run(_params("synthetic", **{"ingest.synthetic_count": 7}), {}, out)
     assert not changed["skipped"] and changed["accepted"] == 7
     assert not list(tmp_path.glob(".faces.*"))  # no work folders left behind
@@ -223,6 +226,15 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert calls["n"] == 4  # only the unprocessed inputs
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "faces" / "manifest.parquet"),
                                   pd.read_parquet(tmp_path / "reference" / "manifest.parquet"))
+
+
+def test_output_inside_the_source_folder_is_not_ingested(tmp_path):
+    _save(tmp_path / "a.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    params = _params(f"folder:{tmp_path}")
+    first = ingest.run(params, {}, tmp_path / "faces")
+    ingest.run(_params(f"folder:{tmp_path}", **{"data.seed": 1}), {}, tmp_path / "faces")
+    again = json.loads((tmp_path / "faces" / "ingest_report.json").read_text())
+    assert first["seen"] == again["seen"] == 1
 
 
 def test_missing_folder_and_bad_source_are_clear_errors(tmp_path):

@@ -10,9 +10,8 @@ import torch
 
 from prefrestore import samplers
 from prefrestore.config import load
-from prefrestore.flow import FlowSchedule, flow_matching_loss, interpolate
+from prefrestore.flow import FlowSchedule
 from prefrestore.model.config import ModelConfig
-from prefrestore.model.generator import Condition
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import restore
 
