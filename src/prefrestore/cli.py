@@ -18,6 +18,7 @@ import yaml
 
 from prefrestore import steps
 from prefrestore.config import ConfigError, load, profile_names, read_params_file
+from prefrestore.weights import MissingWeights
 
 EPILOG = """Every hyperparameter lives in params.yaml; --profile picks a profile (default: the file's
 'profile' key). Tracking goes to $MLFLOW_TRACKING_URI, or to the embedded SQLite store mlflow.db."""
@@ -151,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except MissingWeights as exc:
+        print(f"missing weights: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        if type(exc).__name__ != "ValidationFailed":
+            raise
+        print(f"validation failed: {exc}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":
