@@ -61,6 +61,14 @@ class Stage2Config:
     lora_rank: int
     lora_alpha: int
     lora_targets: tuple[str, ...]
+    epochs: int
+    eval_every: int
+    heldout_size: int
+    eval_seeds: int
+    determinism_seeds: int
+    checkpoint_every: int
+    checkpoint_keep: int
+    grid_samples: int
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, 1e-6, 1.0)
@@ -85,6 +93,16 @@ class Stage2Config:
         check_range("lora_alpha", self.lora_alpha, 1, 1e5)
         if not self.lora_targets:
             raise ValueError("lora_targets must name at least one module")
+        check_range("epochs", self.epochs, 0, 1e7)
+        check_range("eval_every", self.eval_every, 0, 1e7)
+        check_range("heldout_size", self.heldout_size, 1, 1e7)
+        check_range("eval_seeds", self.eval_seeds, 1, 1e4)
+        check_range("determinism_seeds", self.determinism_seeds, 0, 1e4)
+        if self.determinism_seeds == 1:
+            raise ValueError("determinism_seeds must be 0 (off) or >= 2: a std needs two seeds")
+        check_range("checkpoint_every", self.checkpoint_every, 0, 1e7)
+        check_range("checkpoint_keep", self.checkpoint_keep, 1, 1e4)
+        check_range("grid_samples", self.grid_samples, 0, 1e4)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from prefrestore import gates, register
 from prefrestore.config import load
 
 
-
 @pytest.fixture(scope="module")
 def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('race_store') / 'mlflow.db'}"

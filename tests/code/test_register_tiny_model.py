@@ -21,7 +21,7 @@ from prefrestore.config import load
 from prefrestore.flow import FlowSchedule
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.model import PrefRestoreModel
-from prefrestore.model.restore import Restorer, RestoreConfig, save_inference
+from prefrestore.model.restore import RestoreConfig, Restorer, save_inference
 
 
 @pytest.fixture(scope="module")
