@@ -21,6 +21,7 @@ This module holds only the linear algebra; kernels and parameters live in :mod:`
 from __future__ import annotations
 
 import functools
+import math
 
 import cv2
 import numpy as np
@@ -30,10 +31,8 @@ import scipy.sparse
 # of a [0, 1] image then moves by at most this much (1e-5 = 0.00255/255), far below one grey level.
 SEPARABLE_TOL = 1e-5
 
-# Output rows per dense block product in :func:`banded_matmul` (speed only, results identical).
-BLOCK_ROWS = 16
 # Use a sparse product when blocked dense products would do this many times the band's multiplies.
-CSR_MAC_RATIO = 3.0
+CSR_MAC_RATIO = 8.0
 
 INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 
@@ -125,9 +124,17 @@ def operator_band(size_in: int, size_out: int, interp: str, length: int) -> tupl
     return first, last
 
 
-def banded_matmul(
-    op: np.ndarray, x: np.ndarray, first: np.ndarray, last: np.ndarray, block: int = BLOCK_ROWS
-) -> np.ndarray:
+def block_rows(size_in: int, size_out: int) -> int:
+    """Output rows per dense block product (speed only): about 64 / r, a power of two in [4, 32].
+
+    Neighbouring output rows are r input rows apart, so a block of b rows reads ~ b r + L rows;
+    small blocks waste fewer multiplies on zeros, large ones keep BLAS efficient.
+    """
+    ratio = size_in / max(size_out, 1)
+    return int(min(32, max(4, 2 ** round(math.log2(64 / ratio)))))
+
+
+def banded_matmul(op: np.ndarray, x: np.ndarray, first: np.ndarray, last: np.ndarray, block: int) -> np.ndarray:
     """``op @ x`` (float32) for a row-banded ``op``: row i is nonzero only in ``first[i]..last[i]``.
 
     Dense BLAS products over blocks of rows, each reading only the columns its rows touch. When the
@@ -167,13 +174,13 @@ def blur_downsample(
     rank = len(v_kernels)
     op_v = np.vstack([blur_resize_operator(v, height, out_h, interp) for v in v_kernels])
     op_v = (op_v * (1.0 / 255.0)).astype(np.float32)
-    rows = banded_matmul(op_v, x, np.tile(first_v, rank), np.tile(last_v, rank))
+    rows = banded_matmul(op_v, x, np.tile(first_v, rank), np.tile(last_v, rank), block_rows(height, out_h))
     first_h, last_h = operator_band(width, out_w, interp, h_kernels.shape[1])
     out = None
     for s, h in enumerate(h_kernels):
         # Pass 2 (horizontal) on rank term s, transposed to [W, out_h * C] so it is again a row product.
         part = cv2.transpose(rows[s * out_h : (s + 1) * out_h].reshape(out_h, width, channels))
         op_h = blur_resize_operator(h, width, out_w, interp).astype(np.float32)
-        term = banded_matmul(op_h, part.reshape(width, out_h * channels), first_h, last_h)
+        term = banded_matmul(op_h, part.reshape(width, out_h * channels), first_h, last_h, block_rows(width, out_w))
         out = term if out is None else out + term
     return cv2.transpose(out.reshape(out_w, out_h, channels))

@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ from prefrestore.degrade import (
     noise_field,
     params_for,
 )
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """Plain fp32 matrix products on CUDA (no TF32), restored afterwards: the operators must be exact."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _as_float_batch(hq: torch.Tensor) -> torch.Tensor:
@@ -77,7 +89,8 @@ def pre_jpeg_batch(hq: torch.Tensor, params: Sequence[DegradeParams], cfg: Degra
     a = torch.from_numpy(ops_v).to(x.device)[:, None]  # [K, 1, R, h, H]
     b = torch.from_numpy(ops_h).to(x.device)[:, None]  # [K, 1, R, w, W]
     xs = x[todo][:, :, None]  # [K, 3, 1, H, W]
-    small = (a @ xs @ b.transpose(-1, -2)).sum(dim=2)  # [K, 3, h, w]
+    with _full_fp32():
+        small = (a @ xs @ b.transpose(-1, -2)).sum(dim=2)  # [K, 3, h, w]
     for k, i in enumerate(todo):
         h, w = sizes[i]
         noise = torch.from_numpy(noise_field((h, w, 3), params[i], cfg)).permute(2, 0, 1).to(x.device)
@@ -121,7 +134,8 @@ def upsample_batch(lqs: Sequence[torch.Tensor], height: int, width: int, cfg: De
         up_h[k, :, :w] = degrade_fast.resize_matrix(w, width, cfg.up_interp)
     a = torch.from_numpy(up_v).to(device)[:, None]
     b = torch.from_numpy(up_h).to(device)[:, None]
-    up = (a @ pad @ b.transpose(-1, -2)).clamp_(0.0, 255.0)
+    with _full_fp32():
+        up = (a @ pad @ b.transpose(-1, -2)).clamp_(0.0, 255.0)
     return (up.round_() if cfg.quantize == "round" else up.floor_()).div_(255.0)
 
 

@@ -16,6 +16,7 @@ current adapter into the base weights (``W <- W + alpha / r * B A``) for the out
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -55,7 +56,9 @@ def add_lora(transformer: nn.Module, rank: int, alpha: int, targets: Sequence[st
     for name in (CURRENT, OLD):
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
                             init_lora_weights=True, bias="none")
-        transformer.add_adapter(config, adapter_name=name)
+        with warnings.catch_warnings():  # peft warns that a second adapter makes several: intended
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            transformer.add_adapter(config, adapter_name=name)
     update_old_(transformer, 0.0)  # old <- current
     activate(transformer, CURRENT)
     return wrapped

@@ -1,0 +1,514 @@
+"""Stage 2, Preference-Aware Fine-tuning via DiffusionNFT (paper Sec. IV-C.2, Eqs. 12-15, Table I; SPEC §3).
+
+``run(params, inputs={"faces", "captions", "base"}, out)`` fine-tunes the stage-1 model ``base`` with
+LoRA on SANA's attention (:mod:`prefrestore.lora`) and writes a model directory that loads like any
+other (LoRA merged into the transformer) plus the adapters themselves under ``lora/``.
+
+One epoch = one optimizer step (SPEC §3 "Stage 2 in detail"):
+1. ``groups_per_epoch`` training faces, degraded with this epoch's parameters (Eq. 16). The AR
+   condition of each LQ image is computed ONCE (greedy, the fixed prompt "Please reconstruct the given
+   image.") and cached without gradient.
+2. Rollouts from the OLD policy: ``group_size`` samples per condition that differ only in their
+   initial noise, deterministic DPM-Solver-2 on the ``flow`` schedule's grid, which ends at sigma = 0
+   (SPEC §6 traps 2-3).
+3. Rewards (:mod:`prefrestore.rewards`, captions as text, HQ for GT-aware rewards) -> Eq. 12
+   advantages grouped by SAMPLE id (trap 4). Groups whose rewards have zero variance are counted and
+   left out of the loss, so their loss is exactly zero (trap 8).
+4. The NFT loss (Eqs. 13-15, :func:`prefrestore.nft.nft_train_step`) with the KL term to the stage-1
+   model (adapters disabled), accumulated over the epoch; AdamW, constant lr, global-norm clipping.
+5. Old adapter <- ``d`` old + ``(1 - d)`` current, ``d = old_policy_decay(step)``.
+
+Held-out monitoring: every ``eval_every`` epochs (and before/after) the reward and PSNR/SSIM to HQ on
+the test split (Fig. 9; PSNR/SSIM watch for reward hacking, trap 8), with LQ | before | now | HQ grids.
+Fig. 8: per-image std of every reward and of their weighted sum over ``determinism_seeds`` seeds,
+for the stage-1 model (adapters off) and the result; medians logged and box-plotted.
+
+Resumable: checkpoints (both adapters, AdamW state, RNG, epoch, held-out history) every
+``checkpoint_every`` epochs; every random draw of epoch ``e`` comes from a generator seeded by
+``(data.seed, e)``, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from prefrestore import checkpoint, lora, tracking
+from prefrestore.atomic import atomic_path, write_json
+from prefrestore.config import Params, as_dict
+from prefrestore.degrade import DegradeConfig
+from prefrestore.degrade_torch import OnTheFlyPairs
+from prefrestore.determinism import SUM, SeedSpread, seed_spread, spread_boxplot
+from prefrestore.flow import FlowSchedule
+from prefrestore.images import from_tensor, save_png
+from prefrestore.ingest import DataConfig
+from prefrestore.instructions import rollout_instruction
+from prefrestore.metrics.pixel import psnr, ssim
+from prefrestore.model.generator import Condition
+from prefrestore.model.model import PrefRestoreModel
+from prefrestore.model.restore import RestoreConfig, noise_for, save_inference
+from prefrestore.nft import (
+    Rollouts,
+    Stage2Config,
+    advantages,
+    collect_rollouts,
+    nft_train_step,
+    old_policy_decay,
+)
+from prefrestore.rewards import RewardsConfig, Scorer, build_scorers, needs_hq, score_all, total_reward
+from prefrestore.samplers import sample
+from prefrestore.train_common import CHECKPOINTS, VALIDATION_DIR, finalize, fingerprint, finished
+
+log = logging.getLogger(__name__)
+
+LORA_DIR = "lora"
+DETERMINISM_FILE = "determinism.json"
+BOXPLOT_FILE = "determinism_boxplot.png"
+LOOP_ONLY = ("epochs", "eval_every", "checkpoint_every", "checkpoint_keep", "grid_samples")  # not in the fingerprint
+TEXT_REWARDS = ("pickscore", "hpsv21", "clip")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: faces, captions, cached conditions
+# --------------------------------------------------------------------------------------------------
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from ``seed`` and labels (e.g. ``("epoch", 3)``); stable across runs and machines."""
+    h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def load_captions(path: Path) -> dict[str, str]:
+    """``id -> caption`` from the caption step's ``captions.parquet`` (or its folder); flagged ones -> ``""``."""
+    path = Path(path)
+    table = path / "captions.parquet" if path.is_dir() else path
+    if not table.is_file():
+        raise FileNotFoundError(f"no captions.parquet at {path} (run the caption step)")
+    frame = pd.read_parquet(table)
+    missing = sorted({"id", "caption", "valid"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {missing}")
+    return {str(i): (str(c) if bool(v) else "") for i, c, v in zip(frame["id"], frame["caption"], frame["valid"],
+                                                                  strict=True)}
+
+
+@dataclasses.dataclass
+class Batch:
+    """Faces with their LQ/HQ images, captions and cached conditions (``cond`` on the model's device)."""
+
+    ids: list[str]
+    lq: torch.Tensor  # [N, 3, H, W] in [0, 1], CPU
+    hq: torch.Tensor  # [N, 3, H, W] in [0, 1], CPU
+    captions: list[str]
+    cond: Condition
+
+    def select(self, group: torch.Tensor) -> Condition:
+        """The cached conditions of rows ``group`` ``[B]`` (long)."""
+        g = group.to(self.cond.tokens.device)
+        lq = None if self.cond.lq_latent is None else self.cond.lq_latent[g]
+        return Condition(self.cond.tokens[g], lq)
+
+
+@torch.no_grad()
+def conditions(model: PrefRestoreModel, lq: torch.Tensor, chunk: int) -> Condition:
+    """The AR + z_low condition of every LQ image, computed once (greedy, fixed rollout prompt; SPEC §3)."""
+    parts = []
+    for start in range(0, lq.shape[0], chunk):
+        x = lq[start:start + chunk].to(model.device)
+        parts.append(model.condition(x, [rollout_instruction()] * x.shape[0], greedy=True))
+    lq_latent = None if parts[0].lq_latent is None else torch.cat([p.lq_latent for p in parts])
+    return Condition(torch.cat([p.tokens for p in parts]), lq_latent)
+
+
+def make_batch(model: PrefRestoreModel, data: OnTheFlyPairs, indices: Sequence[int], captions: Mapping[str, str],
+               chunk: int) -> Batch:
+    items = [data[i] for i in indices]
+    ids = [it["id"] for it in items]
+    lq = torch.stack([it["lq"] for it in items])
+    hq = torch.stack([it["hq"] for it in items])
+    return Batch(ids, lq, hq, [captions.get(i, "") for i in ids], conditions(model, lq, chunk))
+
+
+# --------------------------------------------------------------------------------------------------
+# Policies, sampling and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def policy(model: PrefRestoreModel, batch: Batch, schedule: FlowSchedule, adapter: str | None,
+           cfg_scale: float = 1.0):
+    """``fn(x, sigma, group) -> v`` of one policy: ``lora.CURRENT``, ``lora.OLD`` or ``None`` (stage 1).
+
+    With ``cfg_scale != 1`` (sampling only) ``v = v_null + s (v_cond - v_null)``, null = zeros (SPEC §2).
+    """
+
+    def fn(x: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        cond = batch.select(group)
+        with lora.use_policy(model.transformer, adapter):
+            v = model.velocity(x, sigma, cond, schedule)
+            if cfg_scale != 1.0:
+                v_null = model.velocity(x, sigma, cond.null(), schedule)
+                v = v_null + cfg_scale * (v - v_null)
+        return v
+
+    return fn
+
+
+@torch.no_grad()
+def decode(model: PrefRestoreModel, z: torch.Tensor, size: tuple[int, int], chunk: int) -> torch.Tensor:
+    """Latents -> images ``[N, 3, *size]`` in [0, 1] on the CPU (resized to the HQ size when needed)."""
+    outs = []
+    for start in range(0, z.shape[0], chunk):
+        img = model.decode(z[start:start + chunk])
+        if img.shape[-2:] != size:
+            img = F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        outs.append(img.float().cpu())
+    return torch.cat(outs)
+
+
+def score(scorers: Mapping[str, Scorer], images: torch.Tensor, batch: Batch, group: torch.Tensor,
+          hq_needed: bool) -> dict[str, torch.Tensor]:
+    """Every active reward of ``images`` (rows belong to ``batch`` rows ``group``)."""
+    g = group.cpu()
+    hq = batch.hq[g] if hq_needed else None
+    return score_all(scorers, images, hq, [batch.captions[i] for i in g.tolist()])
+
+
+@torch.no_grad()
+def restore_heldout(model: PrefRestoreModel, batch: Batch, rows: torch.Tensor, seed: int, adapter: str | None,
+                    cfg: Stage2Config, schedule: FlowSchedule) -> torch.Tensor:
+    """Restore held-out rows with one sampling seed; noise of row ``i`` is seeded ``(seed, i)``."""
+    fn = policy(model, batch, schedule, adapter, cfg.cfg_scale)
+    shape = model.latent_shape(1)[1:]
+    noise = torch.stack([noise_for((1, *shape), derive_seed(seed, "heldout", int(i)), "cpu", torch.float32)[0]
+                         for i in rows.tolist()]).to(model.device)
+    g = rows.to(model.device)
+    z = sample(lambda x, s: fn(x, s, g), noise, schedule.sigmas(cfg.sampler_steps, device=model.device),
+               method=cfg.sampler)
+    return decode(model, z, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
+
+
+def heldout_eval(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
+                 cfg: Stage2Config, schedule: FlowSchedule, seed: int, adapter: str | None
+                 ) -> tuple[dict[str, float], torch.Tensor]:
+    """Mean held-out reward terms, total, PSNR and SSIM over ``eval_seeds`` seeds (Fig. 9).
+
+    Returns the metrics and the first seed's restorations (for the grids).
+    """
+    n = len(batch.ids)
+    sums: dict[str, float] = {}
+    first = None
+    for s in range(cfg.eval_seeds):
+        images = torch.cat([restore_heldout(model, batch, torch.arange(a, min(a + cfg.sample_batch, n)),
+                                            seed + s, adapter, cfg, schedule)
+                            for a in range(0, n, cfg.sample_batch)])
+        first = images if first is None else first
+        scores = score(scorers, images, batch, torch.arange(n), needs_hq(rcfg))
+        terms = {f"heldout/{k}": float(v.mean()) for k, v in scores.items()}
+        terms["heldout/reward_total"] = float(total_reward(scores, rcfg.weights).mean())
+        terms["heldout/psnr"] = float(psnr(images, batch.hq).mean())  # reward-hacking monitors (SPEC §6.8)
+        terms["heldout/ssim"] = float(ssim(images, batch.hq).mean())
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v / cfg.eval_seeds
+    assert first is not None
+    return sums, first
+
+
+def determinism(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
+                cfg: Stage2Config, schedule: FlowSchedule, seed: int, adapter: str | None) -> SeedSpread:
+    """Fig. 8: per-image std over ``determinism_seeds`` seeds of each reward and their weighted sum."""
+    index = torch.arange(len(batch.ids))  # conditions are cached, so the "images" are row indices
+
+    def restore_fn(rows: torch.Tensor, s: int) -> torch.Tensor:
+        return restore_heldout(model, batch, rows, s, adapter, cfg, schedule)
+
+    def score_fn(images: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return score(scorers, images, batch, rows, needs_hq(rcfg))
+
+    seeds = [derive_seed(seed, "determinism", i) % 2**31 for i in range(cfg.determinism_seeds)]
+    return seed_spread(score_fn, restore_fn, index, seeds, weights=rcfg.active(), batch_size=cfg.sample_batch)
+
+
+def write_grid(path: Path, batch: Batch, before: torch.Tensor, now: torch.Tensor, rows: int) -> Path:
+    """A PNG with one row per held-out face: LQ | stage 1 (before) | current | HQ."""
+    k = min(rows, len(batch.ids))
+    cols = [batch.lq[:k], before[:k], now[:k], batch.hq[:k]]
+    grid = torch.cat([torch.cat(list(c), dim=-1) for c in zip(*cols, strict=True)], dim=-2)  # [3, kH, 4W]
+    save_png(path, from_tensor(grid)[0])
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# One epoch
+# --------------------------------------------------------------------------------------------------
+
+
+def group_std(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Population std of the rewards of each sample's group, per sample ``[N]``."""
+    out = torch.empty_like(rewards, dtype=torch.float64)
+    for g in group.unique():
+        m = group == g
+        out[m] = rewards[m].double().std(unbiased=False)
+    return out
+
+
+def nft_epoch(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
+              cfg: Stage2Config, schedule: FlowSchedule, optimizer: torch.optim.Optimizer,
+              params: Sequence[torch.nn.Parameter], step: int, generator: torch.Generator,
+              progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:
+    """One DiffusionNFT epoch on ``batch`` (module docstring, steps 2-5); returns its metrics and rollouts."""
+    device = model.device
+    transformer = model.transformer
+    v_cur = policy(model, batch, schedule, lora.CURRENT)
+    v_old = policy(model, batch, schedule, lora.OLD)
+    v_ref = policy(model, batch, schedule, None) if cfg.kl_weight > 0 else None
+    sampler_old = policy(model, batch, schedule, lora.OLD, cfg.cfg_scale)
+    rolls = collect_rollouts(sampler_old, range(len(batch.ids)), cfg.group_size, model.latent_shape(1)[1:],
+                             schedule.sigmas(cfg.sampler_steps, device=device), cfg.sampler, cfg.sample_batch,
+                             generator, device, progress)
+    images = decode(model, rolls.x0, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
+    scores = score(scorers, images, batch, rolls.group, needs_hq(rcfg))
+    rewards = total_reward(scores, rcfg.weights)
+    keys = [batch.ids[g] for g in rolls.group.tolist()]  # group by sample id, never caption (trap 4)
+    _, r, adv = advantages(rewards, keys, cfg.adv_clip, cfg.adv_eps)
+    keep = group_std(rewards, rolls.group.cpu()) > 0  # zero-variance groups: no loss at all (trap 8)
+    stats: dict[str, float] = {
+        "train/zero_std_groups": adv["zero_std_groups"], "train/zero_std_ratio": adv["zero_std_ratio"],
+        "train/group_std_mean": adv["group_std_mean"], "train/clipped_fraction": adv["clipped_fraction"],
+        "reward/total_mean": float(rewards.mean()), "reward/total_std": float(rewards.std(unbiased=False)),
+    }
+    for name, s in scores.items():
+        stats[f"reward/{name}_mean"] = float(s.mean())
+        stats[f"reward/{name}_std"] = float(s.std(unbiased=False))
+    if bool(keep.any()):
+        k = keep.to(device)
+        sub = Rollouts(x0=rolls.x0[k], group=rolls.group[k], noise=rolls.noise[k])
+        parts = nft_train_step(v_cur, v_old, v_ref, sub, r.to(device)[k], cfg, schedule, optimizer, params,
+                               generator, progress)
+        stats.update({
+            "train/loss": parts["loss"], "train/policy_loss": parts["policy_loss"], "train/kl": parts["kl"],
+            "train/positive_loss": parts["positive_loss"], "train/negative_loss": parts["negative_loss"],
+            "train/old_gap": parts["old_deviation"], "train/grad_norm": parts["grad_norm"],
+        })
+    else:  # every group had equal rewards: nothing to learn, and no optimizer step
+        log.warning("stage2 step %d: every group has zero reward variance; no update", step)
+        stats.update({"train/loss": 0.0, "train/policy_loss": 0.0, "train/grad_norm": 0.0})
+    d = old_policy_decay(step + 1, cfg.decay_type)
+    lora.update_old_(transformer, d)
+    stats["train/old_decay"] = d
+    return stats, rolls.x0
+
+
+# --------------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------------
+
+
+def _trainable_state(model: PrefRestoreModel) -> dict[str, torch.Tensor]:
+    state = {f"current.{k}": v for k, v in lora.adapter_state(model.transformer, lora.CURRENT).items()}
+    state.update({f"old.{k}": v for k, v in lora.adapter_state(model.transformer, lora.OLD).items()})
+    return state
+
+
+def _load_trainable(model: PrefRestoreModel, state: Mapping[str, torch.Tensor]) -> None:
+    for adapter, prefix in ((lora.CURRENT, "current."), (lora.OLD, "old.")):
+        part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        lora.load_adapter_state(model.transformer, adapter, part)
+
+
+def _spread_summary(spread: SeedSpread | None) -> dict[str, Any] | None:
+    return None if spread is None else spread.as_dict()
+
+
+def _spread_from(data: Mapping[str, Any]) -> SeedSpread:
+    std = {k: torch.tensor(v, dtype=torch.float64) for k, v in data["per_image_std"].items()}
+    return SeedSpread(tuple(data["seeds"]), std, dict(data["median_std"]), dict(data["mean_score"]))
+
+
+def _save_lora(folder: Path, model: PrefRestoreModel, cfg: Stage2Config, base: Path) -> None:
+    """The adapters alone (safetensors) + their settings, before the merge."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for adapter, name in ((lora.CURRENT, "adapter_model.safetensors"), (lora.OLD, "old_adapter.safetensors")):
+        state = {k: v.contiguous() for k, v in lora.adapter_state(model.transformer, adapter).items()}
+        with atomic_path(folder / name) as tmp:
+            save_file(state, str(tmp))
+    write_json(folder / "adapter_config.json", {
+        "peft_type": "LORA", "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+        "target_modules": list(cfg.lora_targets), "module": "transformer", "base_model": str(base),
+        "merged": True, "note": "adapter_model.safetensors is already merged into transformer/; "
+                                "old_adapter.safetensors is the DiffusionNFT old policy at the end of training",
+    })
+
+
+def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = True) -> dict[str, Any]:
+    """Stage 2 (DiffusionNFT + LoRA) from ``inputs["base"]`` to the model directory ``out``."""
+    t0 = time.perf_counter()
+    cfg = params.section("stage2", Stage2Config)
+    rcfg = params.section("rewards", RewardsConfig)
+    dcfg = params.section("degrade", DegradeConfig)
+    data_cfg = params.section("data", DataConfig)
+    schedule = params.section("flow", FlowSchedule)
+    restore_cfg = params.section("restore", RestoreConfig)
+    faces, base = Path(inputs["faces"]), Path(inputs["base"])
+    out = Path(out)
+    seed = data_cfg.seed
+
+    sections = {"stage2": {k: v for k, v in as_dict(cfg).items() if k not in LOOP_ONLY},
+                "rewards": as_dict(rcfg), "degrade": as_dict(dcfg), "data": as_dict(data_cfg),
+                "flow": as_dict(schedule)}
+    fp = fingerprint("stage2", sections, {k: Path(v) for k, v in inputs.items()})
+    done = finished(out, fp)
+    if done is not None and done.get("epochs") == cfg.epochs:
+        log.info("stage2: %s already holds this run's result", out)
+        return done
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scorers = build_scorers(rcfg, device)  # a reward whose weights are missing fails here, before any work
+    captions = load_captions(Path(inputs["captions"]))
+    model = PrefRestoreModel.from_pretrained(base).to(device)
+    model.requires_grad_(False)
+    wrapped = lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    trainable = list(lora.adapter_parameters(model.transformer, lora.CURRENT).values())
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+
+    train = OnTheFlyPairs(faces, dcfg, "train", seed)
+    test = OnTheFlyPairs(faces, dcfg, "test", seed, epoch=0)
+    text = [n for n in rcfg.active() if n in TEXT_REWARDS]
+    if text:
+        lacking = [i for i in train.ids + test.ids if not captions.get(i)]
+        if lacking:
+            raise ValueError(f"text reward(s) {text} need a valid caption per face; {len(lacking)} faces have none "
+                             f"(e.g. {lacking[:3]}) in {inputs['captions']}")
+    if cfg.groups_per_epoch > len(train):
+        raise ValueError(f"stage2.groups_per_epoch={cfg.groups_per_epoch} exceeds the {len(train)} training faces")
+    n_held = min(cfg.heldout_size, len(test))
+    if n_held < cfg.heldout_size:
+        log.warning("stage2: held-out set has %d faces, fewer than heldout_size=%d", n_held, cfg.heldout_size)
+    held = make_batch(model, test, range(n_held), captions, cfg.sample_batch)
+
+    ckpt_dir = out / CHECKPOINTS
+    grids = out / VALIDATION_DIR
+    path, report = checkpoint.latest(ckpt_dir)
+    for line in report:
+        log.warning("stage2: %s", line)
+    start, extra = 0, {}
+    if path is not None:
+        ck = checkpoint.load(path)
+        if ck.fingerprint != fp:
+            raise RuntimeError(f"stage2: checkpoint {path} was written for different settings or inputs "
+                               f"(fingerprint {ck.fingerprint} != {fp}); delete {ckpt_dir} to start over")
+        _load_trainable(model, ck.trainable)
+        optimizer.load_state_dict(ck.optimizer)
+        checkpoint.set_rng_state(checkpoint.load_rng(path, 0))
+        start, extra = int(ck.data["epoch"]), dict(ck.extra)
+        log.info("stage2: resuming from %s (epoch %d)", path, start)
+
+    # ---- before: the stage-1 model (adapters disabled), computed once and kept in the checkpoints
+    if "before" not in extra:
+        metrics, _ = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, None)
+        spread = determinism(model, held, scorers, rcfg, cfg, schedule, seed, None) if cfg.determinism_seeds else None
+        extra = {"before": metrics, "spread_before": _spread_summary(spread), "curve": [{"epoch": 0, **metrics}]}
+    tracking.log_metrics({k: v for k, v in extra["curve"][0].items() if k != "epoch"}, step=0)
+    before_imgs = restore_heldout_all(model, held, cfg, schedule, seed, None) if cfg.grid_samples else None
+
+    def save_ckpt(epoch: int) -> None:
+        checkpoint.save(ckpt_dir, epoch, trainable=_trainable_state(model), optimizer=optimizer.state_dict(),
+                        scheduler={"lr": cfg.lr, "schedule": cfg.lr_schedule}, data={"epoch": epoch},
+                        fingerprint=fp, extra=extra, keep=cfg.checkpoint_keep)
+
+    last: dict[str, float] = {}
+    bar = tqdm(range(start, cfg.epochs), desc="stage2", disable=not progress)
+    for epoch in bar:
+        gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
+        train.set_epoch(epoch)
+        picks = torch.randperm(len(train), generator=gen)[:cfg.groups_per_epoch].tolist()
+        batch = make_batch(model, train, picks, captions, cfg.sample_batch)
+        last, _ = nft_epoch(model, batch, scorers, rcfg, cfg, schedule, optimizer, trainable, epoch, gen)
+        tracking.log_metrics(last, step=epoch + 1)
+        bar.set_postfix(reward=f"{last['reward/total_mean']:.4f}", loss=f"{last['train/loss']:.4f}")
+        for k, v in last.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"stage2 epoch {epoch}: {k} = {v}")
+        done_epochs = epoch + 1
+        if cfg.eval_every and done_epochs % cfg.eval_every == 0 and done_epochs < cfg.epochs:
+            metrics, now = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT)
+            extra["curve"].append({"epoch": done_epochs, **metrics})
+            tracking.log_metrics(metrics, step=done_epochs)
+            if before_imgs is not None:
+                tracking.log_artifact(write_grid(grids / f"epoch-{done_epochs:06d}.png", held, before_imgs, now,
+                                                 cfg.grid_samples), VALIDATION_DIR)
+        if cfg.checkpoint_every and done_epochs % cfg.checkpoint_every == 0:
+            save_ckpt(done_epochs)
+
+    # ---- after
+    after, now = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT)
+    if extra["curve"][-1]["epoch"] != cfg.epochs:
+        extra["curve"].append({"epoch": cfg.epochs, **after})
+    tracking.log_metrics(after, step=cfg.epochs)
+    save_ckpt(cfg.epochs)
+    if before_imgs is not None:
+        tracking.log_artifact(write_grid(grids / f"epoch-{cfg.epochs:06d}.png", held, before_imgs, now,
+                                         cfg.grid_samples), VALIDATION_DIR)
+    spread_after = determinism(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT) \
+        if cfg.determinism_seeds else None
+    spread_before = _spread_from(extra["spread_before"]) if extra["spread_before"] else None
+
+    summary: dict[str, Any] = {
+        "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": str(device),
+        "lora_modules": len(wrapped), "lora_params": sum(p.numel() for p in trainable),
+        "heldout_size": n_held, "heldout_reward_before": extra["before"]["heldout/reward_total"],
+        "heldout_reward_after": after["heldout/reward_total"],
+        "heldout_psnr_before": extra["before"]["heldout/psnr"], "heldout_psnr_after": after["heldout/psnr"],
+        "heldout_ssim_before": extra["before"]["heldout/ssim"], "heldout_ssim_after": after["heldout/ssim"],
+        "final_reward_mean": last.get("reward/total_mean", math.nan),
+        "final_zero_std_ratio": last.get("train/zero_std_ratio", math.nan),
+        "final_old_gap": last.get("train/old_gap", math.nan),
+        "curve": extra["curve"], "checkpoint_report": report,
+    }
+    if spread_before is not None and spread_after is not None:
+        summary["median_std_before"] = spread_before.median[SUM]
+        summary["median_std_after"] = spread_after.median[SUM]
+        det = {"determinism/median_std_before": spread_before.median[SUM],
+               "determinism/median_std_after": spread_after.median[SUM]}
+        for name in spread_after.median:
+            if name != SUM:
+                det[f"determinism/{name}_median_std_before"] = spread_before.median[name]
+                det[f"determinism/{name}_median_std_after"] = spread_after.median[name]
+        tracking.log_metrics(det)
+
+    def save_model(tmp: Path) -> None:
+        _save_lora(tmp / LORA_DIR, model, cfg, base)  # before the merge drops the adapters
+        lora.merge_into_base(model.transformer)
+        model.save_pretrained(tmp)
+        save_inference(tmp, restore_cfg, schedule)
+        if spread_before is not None and spread_after is not None:
+            write_json(tmp / DETERMINISM_FILE, {"before": spread_before.as_dict(), "after": spread_after.as_dict()})
+            spread_boxplot({"stage 1": spread_before, "stage 2": spread_after}, tmp / BOXPLOT_FILE)
+
+    summary["seconds"] = time.perf_counter() - t0
+    finalize(out, save_model, summary)
+    for name in (DETERMINISM_FILE, BOXPLOT_FILE):
+        if (out / name).is_file():
+            tracking.log_artifact(out / name, "determinism")
+    return summary
+
+
+def restore_heldout_all(model: PrefRestoreModel, batch: Batch, cfg: Stage2Config, schedule: FlowSchedule,
+                        seed: int, adapter: str | None) -> torch.Tensor:
+    """Every held-out face restored with the first evaluation seed (grid rows)."""
+    n = min(cfg.grid_samples, len(batch.ids))
+    return restore_heldout(model, batch, torch.arange(n), seed, adapter, cfg, schedule)
+
