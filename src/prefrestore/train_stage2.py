@@ -337,11 +337,12 @@ def _spread_from(data: Mapping[str, Any]) -> SeedSpread:
     return SeedSpread(tuple(data["seeds"]), std, dict(data["median_std"]), dict(data["mean_score"]))
 
 
-def _save_lora(folder: Path, model: PrefRestoreModel, cfg: Stage2Config, base: Path) -> None:
-    """The adapters alone (safetensors) + their settings, before the merge."""
+def _save_lora(folder: Path, adapters: Mapping[str, Mapping[str, torch.Tensor]], cfg: Stage2Config,
+               base: Path) -> None:
+    """The adapters alone (safetensors, from :func:`lora.adapter_state`) + their settings."""
     folder.mkdir(parents=True, exist_ok=True)
     for adapter, name in ((lora.CURRENT, "adapter_model.safetensors"), (lora.OLD, "old_adapter.safetensors")):
-        state = {k: v.contiguous() for k, v in lora.adapter_state(model.transformer, adapter).items()}
+        state = {k: v.contiguous() for k, v in adapters[adapter].items()}
         with atomic_path(folder / name) as tmp:
             save_file(state, str(tmp))
     write_json(folder / "adapter_config.json", {
@@ -490,9 +491,10 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         tracking.log_metrics(det)
 
     def save_model(tmp: Path) -> None:
-        _save_lora(tmp / LORA_DIR, model, cfg, base)  # before the merge drops the adapters
-        lora.merge_into_base(model.transformer)
-        model.save_pretrained(tmp)
+        adapters = {name: lora.adapter_state(model.transformer, name) for name in (lora.CURRENT, lora.OLD)}
+        lora.merge_into_base(model.transformer)  # the directory loads like any model (no adapters)
+        model.save_pretrained(tmp)  # (re)creates tmp: everything else is written after it
+        _save_lora(tmp / LORA_DIR, adapters, cfg, base)
         save_inference(tmp, restore_cfg, schedule)
         if spread_before is not None and spread_after is not None:
             write_json(tmp / DETERMINISM_FILE, {"before": spread_before.as_dict(), "after": spread_after.as_dict()})

@@ -72,6 +72,8 @@ def test_cuda_matches_cpu() -> None:
         assert (a - b.cpu()).abs().max() <= 1e-4
     lq_gpu, lq_cpu = degrade_batch(hq.cuda(), params, cfg).cpu(), degrade_batch(hq, params, cfg)
     assert (lq_gpu - lq_cpu).abs().mean() < 2 / 255
+    nvjpeg = degrade_batch(hq.cuda(), params, cfg, gpu_jpeg=True)  # runs; its distribution differs
+    assert nvjpeg.shape == lq_cpu.shape and nvjpeg.is_cuda
 
 
 def test_on_the_fly_and_offline_datasets(tmp_path, tiny_params) -> None:
