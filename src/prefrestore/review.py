@@ -377,7 +377,8 @@ def plot_stage1(curves: Mapping[str, pd.DataFrame]):
         if drawn:
             ax.legend(fontsize=7)
         else:
-            avail = [f["value"].iloc[-1] for f in curves.values() if not f[f["key"] == "val/fid_hq_available"].empty]
+            flags = [f[f["key"] == "val/fid_hq_available"]["value"] for f in curves.values()]
+            avail = [float(v.iloc[-1]) for v in flags if not v.empty]
             why = "unavailable: Inception weights not staged" if avail and max(avail) == 0 else "not logged"
             ax.text(0.5, 0.5, f"{title}\n{why}", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
