@@ -42,26 +42,32 @@ def target_module_names(transformer: nn.Module, targets: Sequence[str]) -> list[
     return sorted(n for n in names if any(n == t or n.endswith("." + t) for t in targets))
 
 
-def add_lora(transformer: nn.Module, rank: int, alpha: int, targets: Sequence[str]) -> list[str]:
+def add_lora(transformer: nn.Module, rank: int, alpha: int, targets: Sequence[str], seed: int = 0) -> list[str]:
     """Inject the ``current`` and ``old`` adapters (same shapes, ``old`` = a copy of ``current``).
 
-    ``current`` starts as peft's default init (``B = 0``: the model is unchanged). Afterwards only the
-    ``current`` adapter's tensors require grad; everything else in ``transformer`` is frozen.
-    Returns the wrapped module names.
+    ``current`` starts as peft's default init (Kaiming ``A`` drawn from ``seed``, ``B = 0``: the model
+    is unchanged); the global RNG is left as it was. Afterwards only the ``current`` adapter's tensors
+    require grad; everything else in ``transformer`` is frozen. Returns the wrapped module names.
     """
     if any(isinstance(m, BaseTunerLayer) for m in transformer.modules()):
         raise ValueError("transformer already has LoRA adapters")
     wrapped = target_module_names(transformer, targets)
     transformer.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _inject(transformer, rank, alpha, targets)
+    update_old_(transformer, 0.0)  # old <- current
+    activate(transformer, CURRENT)
+    return wrapped
+
+
+def _inject(transformer: nn.Module, rank: int, alpha: int, targets: Sequence[str]) -> None:
     for name in (CURRENT, OLD):
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
                             init_lora_weights=True, bias="none")
         with warnings.catch_warnings():  # peft warns that a second adapter makes several: intended
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
             transformer.add_adapter(config, adapter_name=name)
-    update_old_(transformer, 0.0)  # old <- current
-    activate(transformer, CURRENT)
-    return wrapped
 
 
 def adapter_parameters(transformer: nn.Module, adapter: str) -> dict[str, nn.Parameter]:

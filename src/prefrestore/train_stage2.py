@@ -380,7 +380,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     captions = load_captions(Path(inputs["captions"]))
     model = PrefRestoreModel.from_pretrained(base).to(device)
     model.requires_grad_(False)
-    wrapped = lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    wrapped = lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets,
+                            derive_seed(seed, "lora") % 2**31)
     trainable = list(lora.adapter_parameters(model.transformer, lora.CURRENT).values())
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)

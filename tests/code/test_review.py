@@ -11,7 +11,6 @@ test_notebook.py runs the notebook against the same store.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -332,4 +331,3 @@ def test_absent_view_says_why():
     assert isinstance(absent, review.Absent)
     assert "Table VII: no data" in str(absent) and "with caption" in absent._repr_markdown_()
     assert review.view("x", lambda: 3) == 3
-    assert not math.isnan(review.PAPER_FIG9["CodeFormer"])

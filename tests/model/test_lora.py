@@ -144,3 +144,16 @@ def test_adapter_state_round_trip_and_mismatch() -> None:
     state.pop(next(iter(state)))
     with pytest.raises(ValueError, match="mismatch"):
         lora.load_adapter_state(b, lora.CURRENT, state)
+
+
+def test_init_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    a, b, c = _transformer(), _transformer(), _transformer()
+    state = torch.get_rng_state()
+    lora.add_lora(a, 4, 8, S2.lora_targets, seed=11)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(3)  # move the global RNG: the init must not depend on it
+    lora.add_lora(b, 4, 8, S2.lora_targets, seed=11)
+    lora.add_lora(c, 4, 8, S2.lora_targets, seed=12)
+    sa, sb, sc = (lora.adapter_state(t, lora.CURRENT) for t in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
