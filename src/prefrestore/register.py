@@ -290,7 +290,23 @@ def read_metrics(reports: Path, variant: str) -> dict[str, float | str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("benchmarks"), dict):
+        data = flatten_evaluation(data)
     return gates.validate_metrics(data, str(path))
+
+
+def flatten_evaluation(summary: Mapping[str, Any]) -> dict[str, float | str]:
+    """``evaluate``'s nested summary as ``<benchmark>/<metric>`` -> value, or "unavailable".
+
+    A metric the evaluation could not compute (its value is a reason string) stays
+    "unavailable", so a gate on it fails; it is never turned into a number.
+    """
+    flat: dict[str, float | str] = {}
+    for bench, result in summary["benchmarks"].items():
+        for metric, value in result["restored"].items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            flat[f"{bench}/{metric}"] = float(value) if ok else "unavailable"
+    return flat
 
 
 def provenance(params: Params, inputs: Mapping[str, Path]) -> dict[str, str]:

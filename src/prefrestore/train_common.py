@@ -315,8 +315,10 @@ def fit(task: TrainTask, cfg: TrainConfig, ckpt_dir: Path, fingerprint: str, see
             task.dataset.set_epoch(epoch)
             batches = epoch_batches(n, cfg.global_batch, seed, epoch)[first:]
             micro = [mb for b in batches for mb in rank_micro_batches(b, cfg.per_device_batch, world, rank)]
+            # an own generator: creating the iterator must not draw from the global RNG (exact resume)
             loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=micro, collate_fn=task.collate,
-                                                 num_workers=cfg.num_workers)
+                                                 num_workers=cfg.num_workers,
+                                                 generator=torch.Generator().manual_seed(seed + epoch))
             stream = iter(loader)
             for _ in batches:
                 if step >= stop:

@@ -122,6 +122,9 @@ def build_review_store(root: Path) -> dict:
                           "reports": make_reports(root / f"reports{i}", fid, qual)}
                 register.run(tiny, inputs, root / f"register{i}", loader=load_standin)
     finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # drop the global URI that register.run set; later tests use their own
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -195,14 +195,14 @@ def test_rerun_is_a_no_op(finished_run, inputs: dict[str, Path]) -> None:
 
 
 def test_resume_equals_uninterrupted(inputs: dict[str, Path], tmp_path: Path) -> None:
-    """4 epochs in one go == 2 epochs, then a second call that resumes to 4 (LoRA weights, both adapters)."""
+    """2 epochs in one go == 1 epoch, then a second call that resumes to 2 (LoRA weights, both adapters)."""
     quick = {"stage2.determinism_seeds": 0, "stage2.eval_every": 0, "stage2.grid_samples": 0,
              "stage2.heldout_size": 1, "stage2.checkpoint_every": 1}
-    full = train_stage2.run(_params(**quick, **{"stage2.epochs": 4}), inputs, tmp_path / "a", progress=False)
-    half = train_stage2.run(_params(**quick, **{"stage2.epochs": 2}), inputs, tmp_path / "b", progress=False)
+    full = train_stage2.run(_params(**quick, **{"stage2.epochs": 2}), inputs, tmp_path / "a", progress=False)
+    half = train_stage2.run(_params(**quick, **{"stage2.epochs": 1}), inputs, tmp_path / "b", progress=False)
     assert half["resumed_from"] == 0
-    rest = train_stage2.run(_params(**quick, **{"stage2.epochs": 4}), inputs, tmp_path / "b", progress=False)
-    assert rest["resumed_from"] == 2 and full["resumed_from"] == 0
+    rest = train_stage2.run(_params(**quick, **{"stage2.epochs": 2}), inputs, tmp_path / "b", progress=False)
+    assert rest["resumed_from"] == 1 and full["resumed_from"] == 0
     for name in ("adapter_model.safetensors", "old_adapter.safetensors"):
         a = load_file(tmp_path / "a" / "lora" / name)
         b = load_file(tmp_path / "b" / "lora" / name)
