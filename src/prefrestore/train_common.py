@@ -259,11 +259,11 @@ def load_trainable(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def fit(task: TrainTask, cfg: TrainConfig, ckpt_dir: Path, fingerprint: str, seed: int,
-        out_dir: Path | None = None, stop_after: int | None = None) -> TrainResult:
+        stop_after: int | None = None) -> TrainResult:
     """Train ``task`` for ``cfg.max_steps`` optimizer steps, resuming from ``ckpt_dir`` when possible.
 
     ``stop_after``: stop (with a checkpoint) once this many steps are done in total, as if the job
-    were killed there; a later call continues. Validation grids go to ``out_dir/validation/``.
+    were killed there; a later call continues.
     """
     t_start = time.perf_counter()
     accelerator = make_accelerator(cfg)

@@ -8,7 +8,8 @@ What it does depends on ``model.init``:
   naming each absent file. It then saves the result as the HF-style base directory.
 - ``random`` (the ``tiny`` profile): **stage 0**, a stand-in for the pretraining that BLIP3o-NEXT,
   SANA and TA-Tok received upstream, run on the project's own faces (train split, HQ only):
-  1. ``vae``: the DC-AE as an autoencoder, loss ``L1 + MSE`` on [-1, 1] pixels;
+  1. ``vae``: the DC-AE as an autoencoder, loss ``L1 + MSE`` on [-1, 1] pixels; then the latent
+     shift and scale are set so that ``z = (E(x) - shift) * scale`` has zero mean and unit std;
   2. ``codebook``: TA-Tok's codebook set to k-means centroids of the (frozen, random) SigLIP
      task-layer features of the training faces;
   3. ``prior``: Qwen3 + diffusion connector + SANA trained jointly with Eq. 10's loss, ``L_CE +
@@ -46,7 +47,14 @@ from prefrestore.model import from_params
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import RestoreConfig, save_inference
-from prefrestore.train_common import CHECKPOINTS, finalize, finished, fingerprint, peak_memory_mb, seed_everything
+from prefrestore.train_common import (
+    CHECKPOINTS,
+    finalize,
+    fingerprint,
+    finished,
+    peak_memory_mb,
+    seed_everything,
+)
 from prefrestore.train_stage1 import SemanticAlignLoss, load_captions
 
 log = logging.getLogger(__name__)
@@ -201,7 +209,7 @@ def _train_vae(model: PrefRestoreModel, faces: torch.Tensor, cfg: BootstrapConfi
     """Phase 1: DC-AE autoencoding, ``L1 + MSE`` between ``D(E(x))`` and ``x`` on [-1, 1]."""
     if cfg.vae_steps == 0:
         return {}
-    vae, vcfg = model.vae, model.cfg.vae
+    vae = model.vae
     vae.requires_grad_(True).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(1)
@@ -223,10 +231,17 @@ def _train_vae(model: PrefRestoreModel, faces: torch.Tensor, cfg: BootstrapConfi
     vae.requires_grad_(False).eval()
     with torch.no_grad():
         x = faces[:64].to(device)
+        raw = vae.encoder(x * 2.0 - 1.0)
+        # z = (E(x) - shift) * scale with unit std, as SD/DC-AE calibrate their scaling_factor; the
+        # flow's noise is N(0, 1), so latents on another scale would skew every sigma. The value is
+        # saved in the model's config.json.
+        vcfg = dataclasses.replace(model.cfg.vae, shift_factor=float(raw.mean()), scaling_factor=float(1.0 / raw.std()))
+        model.cfg = dataclasses.replace(model.cfg, vae=vcfg)
         rec = model.decode(model.encode(x))
         psnr = float((10 * torch.log10(1.0 / ((rec - x) ** 2).flatten(1).mean(1))).mean())
     tracking.log_metrics({"stage0/vae_psnr": psnr})
-    return {"vae_loss": float(loss), "vae_psnr": round(psnr, 3)}
+    return {"vae_loss": float(loss), "vae_psnr": round(psnr, 3), "vae_scaling_factor": vcfg.scaling_factor,
+            "vae_shift_factor": vcfg.shift_factor}
 
 
 def _fit_codebook(model: PrefRestoreModel, faces: torch.Tensor, cfg: BootstrapConfig, seed: int,

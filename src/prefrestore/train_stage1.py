@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from prefrestore import tracking
+from prefrestore import tracking, validation
 from prefrestore.config import Params, as_dict, check_range
 from prefrestore.degrade import DegradeConfig
 from prefrestore.degrade_torch import OnTheFlyPairs
@@ -46,12 +46,11 @@ from prefrestore.train_common import (
     TrainConfig,
     TrainTask,
     finalize,
-    finished,
     fingerprint,
+    finished,
     fit,
     load_train_config,
 )
-from prefrestore import validation
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +226,7 @@ def train(step: str, params: Params, inputs: Mapping[str, Path], out: Path,
     tracking.set_tags({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                        "trainable_groups": len(names)})
     result = fit(task, cfg, out / CHECKPOINTS, fp, seed=data.seed + (11 if stage == "1.1" else 12),
-                 out_dir=out, stop_after=stop_after)
+                 stop_after=stop_after)
     summary: dict[str, Any] = {
         "stage": stage, "steps": result.steps, "resumed_from": result.resumed_from, "seconds": round(result.seconds, 2),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

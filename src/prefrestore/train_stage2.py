@@ -268,7 +268,11 @@ def nft_epoch(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Score
               cfg: Stage2Config, schedule: FlowSchedule, optimizer: torch.optim.Optimizer,
               params: Sequence[torch.nn.Parameter], step: int, generator: torch.Generator,
               progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:
-    """One DiffusionNFT epoch on ``batch`` (module docstring, steps 2-5); returns its metrics and rollouts."""
+    """One DiffusionNFT epoch on ``batch`` (module docstring, steps 2-5); returns its metrics and rollouts.
+
+    Built from :mod:`prefrestore.nft`'s pieces rather than its generic ``nft_epoch`` because stage 2
+    also drops zero-variance groups from the loss and logs every reward term separately.
+    """
     device = model.device
     transformer = model.transformer
     v_cur = policy(model, batch, schedule, lora.CURRENT)
