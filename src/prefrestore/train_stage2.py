@@ -420,6 +420,9 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         optimizer.load_state_dict(ck.optimizer)
         checkpoint.set_rng_state(checkpoint.load_rng(path, 0))
         start, extra = int(ck.data["epoch"]), dict(ck.extra)
+        if start > cfg.epochs:
+            raise ValueError(f"stage2: checkpoint {path} is at epoch {start}, past stage2.epochs={cfg.epochs}; "
+                             f"raise epochs or delete {ckpt_dir}")
         log.info("stage2: resuming from %s (epoch %d)", path, start)
 
     # ---- before: the stage-1 model (adapters disabled), computed once and kept in the checkpoints

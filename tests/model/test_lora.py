@@ -18,7 +18,7 @@ MODEL = TINY.section("model", ModelConfig)
 
 def _transformer(seed: int = 0):
     torch.manual_seed(seed)
-    return build_transformer(MODEL.generator, MODEL.vae.latent_channels, MODEL.latent_size).eval()
+    return build_transformer(MODEL.generator, MODEL.vae.latent_channels, MODEL.latent_size, MODEL.extra_in_channels).eval()
 
 
 def _inputs(batch: int = 2):

@@ -41,7 +41,9 @@ def test_tiny_model_is_tiny(model: PrefRestoreModel) -> None:
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
 
 
-def test_condition_shapes(model: PrefRestoreModel, cfg: ModelConfig, lq: torch.Tensor) -> None:
+def test_condition_shapes(cfg: ModelConfig, lq: torch.Tensor) -> None:
+    cfg = dataclasses.replace(cfg, lq_condition="cross_attn")
+    model = PrefRestoreModel.build(cfg, "").eval()
     cond = model.condition(lq, None)
     n, latent = cfg.num_image_tokens, cfg.latent_size
     assert cond.tokens.shape == (2, 1 + n + latent * latent, cfg.generator.caption_channels)
@@ -186,9 +188,12 @@ def test_zlow_position_option(cfg: ModelConfig) -> None:
     assert torch.unique(pos_tokens[0], dim=0).shape[0] == cfg.latent_size**2
 
 
-def test_concat_condition(cfg: ModelConfig, lq: torch.Tensor, schedule: FlowSchedule) -> None:
-    concat_cfg = dataclasses.replace(cfg, lq_condition="concat")
+@pytest.mark.parametrize("mode", ["concat", "concat_channels"])
+def test_concat_condition(cfg: ModelConfig, lq: torch.Tensor, schedule: FlowSchedule, mode: str) -> None:
+    concat_cfg = dataclasses.replace(cfg, lq_condition=mode)
     model = PrefRestoreModel.build(concat_cfg, "").eval()
+    extra = cfg.vae.latent_channels if mode == "concat_channels" else 0
+    assert model.transformer.config.in_channels == cfg.vae.latent_channels + extra
     cond = model.condition(lq, None)
     assert cond.tokens.shape[1] == 1 + cfg.num_image_tokens == concat_cfg.num_cond_tokens
     assert cond.lq_latent is not None and cond.lq_latent.shape == model.latent_shape(2)
@@ -197,6 +202,26 @@ def test_concat_condition(cfg: ModelConfig, lq: torch.Tensor, schedule: FlowSche
     assert torch.count_nonzero(cond.null().lq_latent) == 0
     out = restore(model, lq, None, seed=0, steps=2, cfg_scale=1.0, schedule=schedule)
     assert out.shape == lq.shape
+
+
+def test_channel_concat_aligns_lq_with_output_positions(cfg: ModelConfig, schedule: FlowSchedule) -> None:
+    """With channel concat, changing the LQ latent at one position changes the velocity mostly there
+    (SANA's Mix-FFN is local); stages without an LQ latent see zeros in those channels."""
+    model = PrefRestoreModel.build(dataclasses.replace(cfg, lq_condition="concat_channels"), "").eval()
+    shape = model.latent_shape(1)
+    x, sigma = torch.randn(shape), torch.full((1,), 0.5)
+    tokens = torch.zeros(1, 1 + cfg.num_image_tokens, cfg.generator.caption_channels)
+    from prefrestore.model.generator import Condition
+
+    base = torch.zeros(shape)
+    poked = base.clone()
+    poked[..., 0, 0] = 5.0
+    v0 = model.velocity(x, sigma, Condition(tokens, base), schedule)
+    v1 = model.velocity(x, sigma, Condition(tokens, poked), schedule)
+    delta = (v1 - v0).abs().sum(1)[0]
+    assert delta[0, 0] > 0
+    assert delta[0, 0] >= delta[-1, -1] and delta[:2, :2].sum() > delta[-2:, -2:].sum()
+    torch.testing.assert_close(model.velocity(x, sigma, Condition(tokens), schedule), v0)
 
 
 def test_encode_decode_shapes(model: PrefRestoreModel, cfg: ModelConfig, lq: torch.Tensor) -> None:

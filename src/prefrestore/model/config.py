@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from prefrestore.config import build, check_range
 
-LqCondition = Literal["cross_attn", "concat"]
+LqCondition = Literal["cross_attn", "concat", "concat_channels"]
 ZlowPosition = Literal["none", "sincos2d"]
 Init = Literal["random", "pretrained"]
 
@@ -130,7 +130,7 @@ class ModelConfig:
 
     image_size: int  # side of the HQ/LQ images the VAE sees (pixels)
     init: Init  # random: build from shapes; pretrained: load BLIP3o-NEXT/SANA/TA-Tok from the store
-    lq_condition: LqCondition  # how z_low enters SANA: cross_attn tokens, or width-concat latent
+    lq_condition: LqCondition  # how z_low enters SANA: cross_attn tokens, width- or channel-concat latent
     zlow_position: ZlowPosition  # position for z_low cross-attn tokens: none or 2-D sincos
     cond_dropout: float  # CFG: probability of zeroing a sample's condition in training
     tokenizer: TokenizerConfig
@@ -146,6 +146,11 @@ class ModelConfig:
     @property
     def latent_size(self) -> int:
         return self.image_size // self.vae.compression
+
+    @property
+    def extra_in_channels(self) -> int:
+        """Channels SANA's input gains for ``lq_condition: concat_channels`` (the LQ latent)."""
+        return self.vae.latent_channels if self.lq_condition == "concat_channels" else 0
 
     @property
     def num_image_tokens(self) -> int:

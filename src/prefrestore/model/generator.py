@@ -9,7 +9,12 @@
   (+ optional 2-D sincos) -> extra cross-attention tokens; or (``lq_condition: concat``) the LQ latent
   concatenated to the noisy latent along the **width** axis, as in BLIP3o-NEXT's edit branch, so
   SANA's ``in_channels`` (and its pretrained ``patch_embed``) stay unchanged; the right half of the
-  output is discarded.
+  output is discarded; or (``lq_condition: concat_channels``) concatenated along the **channel**
+  axis, spatially aligned with the noisy latent (SR3 / InstructPix2Pix style; SANA's ``in_channels``
+  doubles, so a pretrained ``patch_embed`` needs its extra input channels zero-initialised).
+  Width concatenation cannot align LQ and output positions in SANA, which has no position
+  embedding and sees the two halves only through global linear attention; on the tiny profile
+  (``benchmarks/RESULTS.md``) only the channel concatenation restored.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from diffusers import AutoencoderDC, SanaTransformer2DModel
 from prefrestore.model.config import GeneratorConfig, VaeConfig
 
 
-def build_transformer(cfg: GeneratorConfig, latent_channels: int, latent_size: int) -> SanaTransformer2DModel:
-    """Random-init SANA with the given shapes; no position embedding (``interpolation_scale=None``)."""
+def build_transformer(cfg: GeneratorConfig, latent_channels: int, latent_size: int,
+                      extra_in_channels: int) -> SanaTransformer2DModel:
+    """Random-init SANA with the given shapes; no position embedding (``interpolation_scale=None``).
+
+    ``extra_in_channels``: input channels beyond the latent's (the LQ latent for channel concat)."""
     return SanaTransformer2DModel(
-        in_channels=latent_channels,
+        in_channels=latent_channels + extra_in_channels,
         out_channels=latent_channels,
         num_attention_heads=cfg.num_heads,
         attention_head_dim=cfg.head_dim,
@@ -126,7 +134,11 @@ def velocity(transformer: SanaTransformer2DModel, x_t: torch.Tensor, timestep: t
     dtype = transformer.dtype
     x = x_t.to(dtype)
     width = x.shape[-1]
-    if cond.lq_latent is not None:  # width concat: [x_t | z_lq]
+    extra = transformer.config.in_channels - transformer.config.out_channels
+    if extra:  # channel concat: [x_t ; z_lq], zeros where there is no LQ latent (stages 0 / 1.1, null)
+        lq = torch.zeros_like(x) if cond.lq_latent is None else cond.lq_latent.to(dtype)
+        x = torch.cat([x, lq], dim=1)
+    elif cond.lq_latent is not None:  # width concat: [x_t | z_lq]
         x = torch.cat([x, cond.lq_latent.to(dtype)], dim=-1)
     out = transformer(x, encoder_hidden_states=cond.tokens.to(dtype), timestep=timestep.to(dtype),
                       return_dict=False)[0]

@@ -87,7 +87,7 @@ class PrefRestoreModel(nn.Module):
             cfg, tok, ar,
             Connector(cfg.ar.hidden_size, width),
             Connector(cfg.generator.inner_dim, width),
-            build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size),
+            build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size, cfg.extra_in_channels),
             build_vae(cfg.vae),
             system_message,
         )
@@ -182,7 +182,7 @@ class PrefRestoreModel(nn.Module):
             lq_latent = self.encode(lq)
         if lq_latent is None:
             return Condition(tokens)
-        if self.cfg.lq_condition == "concat":
+        if self.cfg.lq_condition in ("concat", "concat_channels"):
             return Condition(tokens, lq_latent)
         return Condition(torch.cat([tokens, self.zlow_tokens(lq_latent)], dim=1))
 

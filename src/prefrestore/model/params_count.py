@@ -41,7 +41,7 @@ def build_components(cfg: ModelConfig, device: str | torch.device = "meta") -> n
             "ar": Qwen3ForCausalLM(qwen3_config(cfg.ar, extended_vocab_size(cfg))),
             "diffusion_connector": Connector(cfg.ar.hidden_size, width),
             "vae_connector": Connector(cfg.generator.inner_dim, width),
-            "transformer": build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size),
+            "transformer": build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size, cfg.extra_in_channels),
             "vae": build_vae(cfg.vae),
         })
 
