@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the package with its pipeline and dev extras
 
 demo: setup  ## run the whole pipeline on the tiny profile (embedded SQLite MLflow)
-	$(VENV)/bin/prefrestore demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/prefrestore demo
 
 test: setup  ## run the test suite (slow and GPU tests excluded)
-	$(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q
 
 test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"

@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         import torch
 
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(1)  # tiny tensors: one thread beats two (benchmarks/RESULTS.md, bench_train)
     except ImportError:
         pass
 
