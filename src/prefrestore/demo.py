@@ -39,14 +39,31 @@ def _read(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _fmt(data: dict, key: str) -> str:
+    value = data.get(key)
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
+
+
 def summary_lines() -> list[str]:
-    """What the run produced, from the stages' metrics files (missing stages are said so)."""
-    lines = []
-    for name in sorted(p.stem for p in METRICS.glob("*.json")) if METRICS.is_dir() else []:
-        data = _read(name)
-        numbers = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(numbers.items())[:12])
-        lines.append(f"  {name:<14} {shown}")
+    """What the run produced, read from the stages' metrics files; a stage that has not run says n/a."""
+    s12, s2, reg = _read("stage1_2"), _read("stage2"), _read("register")
+    lines = [
+        f"  stage 1 (fidelity), held-out: restored PSNR {_fmt(s12, 'val/psnr_restored')} / SSIM "
+        f"{_fmt(s12, 'val/ssim_restored')} vs degraded input PSNR {_fmt(s12, 'val/psnr_input')} / SSIM "
+        f"{_fmt(s12, 'val/ssim_input')} (restores: {s12.get('restores', 'n/a')})",
+        f"  stage 2 (quality), held-out reward {_fmt(s2, 'heldout_reward_before')} -> "
+        f"{_fmt(s2, 'heldout_reward_after')}; median per-image std over seeds {_fmt(s2, 'median_std_before')} -> "
+        f"{_fmt(s2, 'median_std_after')}",
+    ]
+    for variant in ("fidelity", "quality"):
+        if f"{variant}_version" in reg:
+            lines.append(f"  registry: {variant} v{reg[f'{variant}_version']} promoted={reg.get(f'{variant}_promoted')} "
+                         f"(champion v{reg.get(f'{variant}_champion')})")
+    for name in ("eval_fidelity", "eval_quality"):
+        ev = _read(name)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(ev.items()) if "/" in k and isinstance(v, float))
+        if shown:
+            lines.append(f"  {name}: {shown}")
     return lines
 
 
@@ -73,9 +90,9 @@ def run(profile: str | None = None) -> int:
     print("Summary (reports/metrics/*.json):")
     print("\n".join(summary_lines()) or "  (no metrics yet)")
     print(f"\nOpen MLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
-    register = _read("register")
-    if register.get("restore_command"):
-        print(f"Restore an image with the promoted model:\n  {register['restore_command']}")
+    if _read("register"):
+        print("Restore a face with the promoted model:\n"
+              "  .venv/bin/prefrestore restore face.png --variant quality --out restored/")
     return rc
 
 
