@@ -18,12 +18,13 @@ MODEL = TINY.section("model", ModelConfig)
 
 def _transformer(seed: int = 0):
     torch.manual_seed(seed)
-    return build_transformer(MODEL.generator, MODEL.vae.latent_channels, MODEL.latent_size, MODEL.extra_in_channels).eval()
+    return build_transformer(MODEL.generator, MODEL.vae.latent_channels, MODEL.latent_size,
+                             MODEL.extra_in_channels).eval()
 
 
 def _inputs(batch: int = 2):
     g = torch.Generator().manual_seed(3)
-    c, s = MODEL.vae.latent_channels, MODEL.latent_size
+    c, s = MODEL.vae.latent_channels + MODEL.extra_in_channels, MODEL.latent_size  # [x_t | LQ latent] when concat
     x = torch.randn(batch, c, s, s, generator=g)
     cond = torch.randn(batch, 12, MODEL.generator.caption_channels, generator=g)
     t = torch.tensor([300.0, 800.0][:batch])
