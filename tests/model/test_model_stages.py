@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,7 +16,9 @@ from prefrestore.model.model import PrefRestoreModel
 @pytest.fixture()
 def model() -> PrefRestoreModel:
     torch.manual_seed(0)
-    return PrefRestoreModel.build(load("tiny").section("model", ModelConfig), "")
+    # the paper's conditioning (z_low as cross-attention tokens through vae_connector)
+    cfg = dataclasses.replace(load("tiny").section("model", ModelConfig), lq_condition="cross_attn")
+    return PrefRestoreModel.build(cfg, "")
 
 
 @pytest.fixture(scope="module")

@@ -176,6 +176,7 @@ def test_connectors_have_separate_norms(model: PrefRestoreModel) -> None:
 
 
 def test_zlow_position_option(cfg: ModelConfig) -> None:
+    cfg = dataclasses.replace(cfg, lq_condition="cross_attn")  # z_low tokens exist only in this mode
     torch.manual_seed(0)
     plain = PrefRestoreModel.build(dataclasses.replace(cfg, zlow_position="none"), "")
     latent = torch.ones(1, cfg.vae.latent_channels, cfg.latent_size, cfg.latent_size)
