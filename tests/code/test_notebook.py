@@ -149,4 +149,5 @@ def test_notebook_on_the_store_of_a_real_tiny_pipeline(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
     if register_error is not None:
         pytest.fail(f"the tiny pipeline's register step failed, so the registry view is empty: {register_error}")
-    assert "champion" in text
+    # every candidate holds `challenger`; `champion` only if its gate passed (a few-step model may fail the floors)
+    assert "challenger" in text or "champion" in text
