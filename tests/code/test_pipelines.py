@@ -88,9 +88,9 @@ def test_cli_compile_writes_both_pipelines(tmp_path: Path) -> None:
     assert spec["root"]["inputDefinitions"]["parameters"]["profile"]["defaultValue"] == "tiny"
 
 
-def test_library_does_not_import_kfp_or_kubernetes() -> None:
-    code = ("import sys, prefrestore.cli, prefrestore.launcher, prefrestore.pipeline_cli; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('kfp', 'kubernetes', 'components', 'pipelines')]; "
+def test_library_does_not_import_kfp_dvc_or_kubernetes() -> None:
+    code = ("import sys, prefrestore.cli, prefrestore.demo, prefrestore.launcher, prefrestore.pipeline_cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('kfp', 'dvc', 'kubernetes', 'components', 'pipelines')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
