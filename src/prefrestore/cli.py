@@ -56,8 +56,6 @@ def _add_step_parser(sub: Any, step: steps.Step) -> None:
 
 
 def _run_step(args: argparse.Namespace) -> int:
-    from prefrestore import tracking
-
     step: steps.Step = args.step
     profile = args.profile or read_params_file()["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in _parse_kv(args.overrides, "--set").items()}
@@ -66,19 +64,11 @@ def _run_step(args: argparse.Namespace) -> int:
     params = load(profile)
     if overrides:
         params = params.with_overrides(overrides)
-    inputs = {k: Path(v) for k, v in _parse_kv(args.inputs, "--in").items()}
-    unknown = sorted(set(inputs) - set(step.inputs) - set(step.optional_inputs))
-    missing = sorted(set(step.inputs) - set(inputs))
-    if unknown or missing:
-        raise SystemExit(f"error: {step.name}: unknown inputs {unknown}, missing inputs {missing}")
-    for name, path in inputs.items():
-        if not path.exists():
-            raise SystemExit(f"error: {step.name}: input '{name}' does not exist: {path}")
-    run = step.load()
-    sections = {s: params.tree[s] for s in step.sections if s in params.tree}
-    with tracking.step_run(step.name, params, inputs, sections):
-        summary = run(params, inputs, args.out)
-        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    try:
+        inputs = steps.check_inputs(step, {k: Path(v) for k, v in _parse_kv(args.inputs, "--in").items()})
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    summary = steps.execute(step, params, inputs, args.out)
     if args.summary:
         from prefrestore.atomic import write_json
 

@@ -42,21 +42,10 @@ def run_component(step_name: str, profile: str, inputs: Mapping[str, str | None]
     ``inputs`` maps input names to artifact paths; ``None`` marks an optional input not connected.
     """
     step = steps.get(step_name)
-    given = {k: Path(v) for k, v in inputs.items() if v is not None}
-    unknown = sorted(set(given) - set(step.inputs) - set(step.optional_inputs))
-    missing = sorted(set(step.inputs) - set(given))
-    if unknown or missing:
-        raise ValueError(f"{step_name}: unknown inputs {unknown}, missing inputs {missing}")
-    for name, path in given.items():
-        if not path.exists():
-            raise FileNotFoundError(f"{step_name}: input '{name}' does not exist: {path}")
+    given = steps.check_inputs(step, {k: v for k, v in inputs.items() if v is not None})
     params = _params(profile, overrides)
     os.environ.setdefault(tracking.ORCHESTRATOR_ENV, "kfp")
-    run = step.load()
-    sections = {s: params.tree[s] for s in step.sections if s in params.tree}
-    with tracking.step_run(step.name, params, given, sections):
-        summary = run(params, given, Path(out))
-        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    summary = steps.execute(step, params, given, Path(out))
     return summary
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from prefrestore.config import check_range
 from prefrestore.metrics.iqa import LPIPS_W
+from prefrestore.metrics.preference import CLIP_MEAN, CLIP_STD, clip_pixels
 from prefrestore.weights import MissingWeights, WeightFile, require
 
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, Sequence[str]], torch.Tensor]
@@ -139,19 +140,6 @@ def sharpness_reward(ref: float) -> Scorer:
 Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
 
 
-def clip_pixels(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """CLIP preprocessing on tensors: bicubic resize of the short side to ``size``, centre crop, normalise."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top:top + size, left:left + size].clamp(0.0, 1.0)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    return (x - m) / s
-
-
 class HFClipScorer:
     """``logit_scale.exp() * cos(image, text) / divisor`` with a transformers ``CLIPModel``.
 
@@ -226,8 +214,7 @@ def clip_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
                            CLIP_WEIGHTS, cfg.clip_divisor, device)
 
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN, OPENAI_STD = CLIP_MEAN, CLIP_STD
 
 
 class OpenClipCosineScorer:

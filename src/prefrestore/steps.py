@@ -118,6 +118,32 @@ STEPS: tuple[Step, ...] = (
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
 
 
+def check_inputs(step: Step, inputs: Mapping[str, Path]) -> dict[str, Path]:
+    """The step's named inputs as paths: unknown or missing names are a ``ValueError``, an absent
+    path a ``FileNotFoundError`` (the CLI and the KFP components report both the same way)."""
+    given = {k: Path(v) for k, v in inputs.items()}
+    unknown = sorted(set(given) - set(step.inputs) - set(step.optional_inputs))
+    missing = sorted(set(step.inputs) - set(given))
+    if unknown or missing:
+        raise ValueError(f"{step.name}: unknown inputs {unknown}, missing inputs {missing}")
+    for name, path in given.items():
+        if not path.exists():
+            raise FileNotFoundError(f"{step.name}: input '{name}' does not exist: {path}")
+    return given
+
+
+def execute(step: Step, params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Run ``step`` inside its MLflow step run, logging the numbers of its summary as metrics."""
+    from prefrestore import tracking
+
+    run = step.load()
+    sections = {s: params.tree[s] for s in step.sections if s in params.tree}
+    with tracking.step_run(step.name, params, inputs, sections):
+        summary = run(params, inputs, Path(out))
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    return summary
+
+
 def get(name: str) -> Step:
     try:
         return BY_NAME[name]

@@ -38,7 +38,8 @@ HPSV21_W = WeightFile("hpsv2/HPS_v2.1_compressed", "store", "hpsv2/HPS_v2.1_comp
 WEIGHTS: tuple[WeightFile, ...] = (CLIP_L14_W, PICKSCORE_W, PICKSCORE_TOKENIZER_W, HPSV21_W)
 
 
-def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+def clip_pixels(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                std: Sequence[float] = CLIP_STD) -> torch.Tensor:
     """CLIP preprocessing in torch: short side -> ``size`` (bicubic, antialiased), centre crop, normalise."""
     h, w = images.shape[-2:]
     scale = size / min(h, w)
@@ -46,9 +47,9 @@ def clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
     x = x[..., top : top + size, left : left + size].clamp(0, 1)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def _embeds(out) -> torch.Tensor:
