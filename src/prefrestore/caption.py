@@ -14,7 +14,8 @@ On disk, under ``out``:
     decoding). Resuming with other settings is an error: the shards would mix two captioners.
 - ``captions.parquet``: the consolidated table, written atomically at the end. Columns: ``id``,
   ``caption``, ``valid``, ``attempts``, ``flag``.
-- ``caption_report.json``: the summary returned by :func:`run`.
+- ``caption_report.json``: the summary returned by :func:`run`, less its run-dependent fields
+  (throughput, ids captioned this run), so that a re-run writes the same bytes.
 
 One run at a time per ``out``: two concurrent runs on the same folder would caption the same ids.
 
@@ -351,8 +352,16 @@ def consolidate(items: Sequence[Item], out: Path, elapsed_s: float, new: int) ->
         "images_per_s": round(new / elapsed_s, 3) if new and elapsed_s > 0 else 0.0,
         "flags": {k: int(v) for k, v in frame.loc[~frame["valid"], "flag"].value_counts().items()},
     }
-    atomic.write_json(out / "caption_report.json", summary)
+    atomic.write_json(out / "caption_report.json", _data_report(summary))
     return summary
+
+
+# run-dependent fields stay out of the data folder, so a re-run writes the same bytes (DVC hash)
+RUN_FIELDS = ("captioned_this_run", "images_per_s")
+
+
+def _data_report(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k not in RUN_FIELDS}
 
 
 def load_rule(params: Params) -> CaptionRule:
@@ -394,6 +403,6 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
         summary = caption_items(build_captioner(cfg, seed), items, out, cfg, rule)
     summary["backend"] = cfg.backend
     summary["suite_checked"] = cross_check(out, rule)
-    atomic.write_json(out / "caption_report.json", summary)
+    atomic.write_json(out / "caption_report.json", _data_report(summary))
     tracking.log_artifact(out / "caption_report.json")
     return summary

@@ -23,8 +23,10 @@ from prefrestore.metrics.base import Unavailable
 
 UNAVAILABLE = "unavailable"
 NOT_MEASURED = "—"
-VARIANTS = {"stage1_2": "Pref-Restore Fidelity", "fidelity": "Pref-Restore Fidelity",
-            "stage2": "Pref-Restore Quality", "quality": "Pref-Restore Quality"}
+# SPEC 4: the two registered variants. A model folder's name says which one it is: dvc.yaml
+# evaluates models/stage1_2 (fidelity) and models/stage2 (quality); a release holds <run>/<variant>.
+MODEL_DIR_VARIANTS = {"stage1_2": "fidelity", "fidelity": "fidelity", "stage2": "quality", "quality": "quality"}
+VARIANT_LABELS = {"fidelity": "Pref-Restore Fidelity", "quality": "Pref-Restore Quality"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +42,28 @@ def label(metric: str) -> str:
     return f"{spec.label}{'↓' if spec.lower_better else '↑'}"
 
 
+STAGE_VARIANTS = {"1.2": "fidelity", "2": "quality"}  # the training summary's "stage" (metrics.json)
+
+
+def variant_of(model_dir: Path) -> str | None:
+    """``fidelity`` or ``quality``: from the model folder's name or, for any other name (a KFP
+    artifact path), from the ``stage`` its training wrote into ``metrics.json``; None for other models."""
+    model_dir = Path(model_dir)
+    if model_dir.name in MODEL_DIR_VARIANTS:
+        return MODEL_DIR_VARIANTS[model_dir.name]
+    summary = model_dir / "metrics.json"
+    if not summary.is_file():
+        return None
+    try:
+        stage = json.loads(summary.read_text(encoding="utf-8")).get("stage")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return STAGE_VARIANTS.get(str(stage))
+
+
 def variant_label(model_dir: Path) -> str:
-    return f"{VARIANTS.get(Path(model_dir).name, Path(model_dir).name)} (ours)"
+    variant = variant_of(model_dir)
+    return f"{VARIANT_LABELS[variant] if variant else Path(model_dir).name} (ours)"
 
 
 def _cell(v: Any) -> Any:

@@ -177,7 +177,9 @@ def _decode(bench: Benchmark, row: pd.Series) -> tuple[np.ndarray, np.ndarray | 
 
 
 def _to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
+    """uint8 ``[H, W, 3]`` images -> contiguous ``[B, 3, H, W]`` float32 in [0, 1] (planar: each
+    channel of each image one block, as the per-plane filters of the pixel metrics want)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
 
 
 def _same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
@@ -348,7 +350,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
     """Evaluate ``inputs['model']`` on each benchmark under ``inputs['benchmarks']``; write reports to ``out``.
 
     Writes ``<bench>/table.md``, ``<bench>/table.csv``, ``<bench>/per_image.csv``, ``<bench>/grid.png``,
-    ``<bench>/restored/``, ``report.md`` and ``metrics.json``; logs ``<bench>/<metric>`` to MLflow.
+    ``<bench>/restored/``, ``report.md`` and ``metrics.json``; logs ``<bench>/<metric>`` to MLflow, and
+    tags the run ``variant`` (fidelity/quality) when the model folder says which variant it is.
     ``restore_fn`` (tests) replaces the model's restorer. ``inputs['baseline']`` (optional) is an
     earlier evaluate output whose rows are shown next to ours.
     """
@@ -362,6 +365,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
         raise FileNotFoundError(f"benchmarks {missing} not found under {bench_root} (each needs manifest.parquet)")
     benches = [load_benchmark(bench_root / b, cfg.max_images) for b in cfg.benchmarks]
     model_dir = Path(inputs["model"])
+    variant = eval_report.variant_of(model_dir)  # None: a model that is neither variant (a baseline)
     restore = restore_fn or load_restorer(model_dir)
     device = _device()
     ctx = BuildContext(device, cfg.fid_dataset_res, cfg.fid_dataset_split, cfg.lmd_resolution, cfg.arcface_size)
@@ -401,7 +405,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
                 save_png(d / "grid.png", grids[name])
             if (cache_root / name).is_dir():
                 shutil.copytree(cache_root / name, d / "restored")
-        summary = {"profile": params.profile, "model": str(model_dir), "device": str(device),
+        summary = {"profile": params.profile, "model": str(model_dir), "variant": variant, "device": str(device),
                    "benchmarks": {k: v.summary() for k, v in results.items()}, "unavailable": unavailable,
                    "determinism": determinism}
         (tmp / "report.md").write_text(eval_report.full_report(results, unavailable, model_dir, baseline))
@@ -413,6 +417,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
     flat.update({f"{b}/n_excluded": float(len(r.excluded)) for b, r in results.items()})
     tracking.log_metrics(flat)
     tracking.set_tags({f"unavailable/{k}": v[:250] for k, v in unavailable.items()})
+    if variant is not None:
+        tracking.set_tags({"variant": variant})
     tracking.log_artifact(out, "evaluate")
     return {"n_benchmarks": len(results), "n_unavailable": len(unavailable),
             "n_excluded": sum(len(r.excluded) for r in results.values()),

@@ -141,6 +141,23 @@ def test_run_writes_tables_in_paper_layout_and_unavailable_cells(tmp_path, tiny_
     assert not (tmp_path / "out.restore_cache").exists()
 
 
+@pytest.mark.parametrize(("model", "variant"), [("stage1_2", "fidelity"), ("stage2", "quality"),
+                                                ("quality", "quality"), ("identity", None)])
+def test_evaluate_run_is_tagged_with_its_variant(tmp_path, tiny_params, model, variant):
+    import mlflow
+
+    from prefrestore import tracking
+
+    make_bench(tmp_path / "bench" / "celeba_test", n=2)
+    params = tiny_params.with_overrides({"evaluate.metrics": ["psnr"]})
+    with tracking.step_run("evaluate", params) as run:
+        evaluate.run(params, {"model": tmp_path / model, "benchmarks": tmp_path / "bench"}, tmp_path / "out",
+                     restore_fn=evaluate.identity_restore, progress=False)
+    tags = mlflow.tracking.MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags.get("variant") == variant  # absent for a model that is neither variant
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["variant"] == variant
+
+
 def test_require_turns_missing_weights_into_an_error(tmp_path, tiny_params):
     make_bench(tmp_path / "bench" / "celeba_test")
     params = tiny_params.with_overrides({"evaluate.require": True, "evaluate.metrics": ["psnr", "lpips"]})
@@ -221,3 +238,17 @@ def test_cli_evaluate_on_real_faces(shared_faces, tmp_path, monkeypatch):
     assert 15 < m["celeba_test"]["restored"]["psnr"] < 40
     assert set(m["lfw_test"]["restored"]) == {"musiq"} and m["lfw_test"]["restored"]["musiq"].startswith("unavailable")
     assert "quoted from the paper, Table III" in (tmp_path / "out" / "lfw_test" / "table.md").read_text()
+
+
+@pytest.mark.parametrize(("stage", "variant"), [("1.2", "fidelity"), ("2", "quality"), ("1.1", None), (None, None)])
+def test_variant_of_a_kfp_artifact_path_comes_from_the_training_summary(tmp_path, stage, variant):
+    """KFP hands the model over as ``.../model``: the variant is read from its metrics.json ``stage``."""
+    from prefrestore import eval_report
+
+    model = tmp_path / "model"
+    model.mkdir()
+    if stage is not None:
+        (model / "metrics.json").write_text(json.dumps({"stage": stage, "steps": 3}))
+    assert eval_report.variant_of(model) == variant
+    (model / "metrics.json").write_text("{not json")
+    assert eval_report.variant_of(model) is None

@@ -4,13 +4,14 @@ unavailable here (and errors under require); face/preference math on tiny random
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from prefrestore import metrics
-from prefrestore.metrics import face, iqa, pixel, preference
+from prefrestore.metrics import face, iqa, pixel, preference, semantic
 from prefrestore.metrics.base import BuildContext, MeanScorer, Unavailable, no_downloads
 from prefrestore.weights import MissingWeights
 
@@ -61,6 +62,55 @@ def test_ms_ssim_is_one_for_identical_and_falls_with_noise():
     assert small.shape == (3,) and (small < 1).all()
 
 
+def _ssim_reference(x, y, win=11, sigma=1.5):
+    """Per-image mean SSIM and cs of ``[C, H, W]`` float64: five moments, one 2-D window, no shortcuts."""
+    r = torch.arange(win, dtype=torch.float64) - win // 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    w2 = torch.outer(g, g) / torch.outer(g, g).sum()
+    c = x.shape[0]
+
+    def f(z):
+        return torch.nn.functional.conv2d(z[None], w2.expand(c, 1, win, win), groups=c)[0]
+
+    mx, my = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    cs = (2 * sxy + 0.03**2) / (sxx + syy + 0.03**2)
+    return ((2 * mx * my + 0.01**2) / (mx**2 + my**2 + 0.01**2) * cs).mean(), cs.mean()
+
+
+def test_ms_ssim_matches_float64_reference():
+    x, y = _pair(6, b=2, size=180)  # five scales; odd sides on the way down (180 -> 90 -> 45 -> 22)
+    w = torch.tensor(pixel.MS_SSIM_WEIGHTS, dtype=torch.float64)
+    got = pixel.ms_ssim(x, y)
+    for i in range(2):
+        xi, yi, terms = x[i].double(), y[i].double(), []
+        for j in range(5):
+            s, cs = _ssim_reference(xi, yi)
+            terms.append(cs if j < 4 else s)
+            xi, yi = (torch.nn.functional.avg_pool2d(z[None], 2)[0] for z in (xi, yi))
+        assert got[i].item() == pytest.approx(torch.prod(torch.stack(terms) ** w).item(), abs=1e-5)
+
+
+def test_cpu_filter_equals_conv_filter():
+    planes = torch.rand(5, 37, 52, generator=torch.Generator().manual_seed(7))
+    a, b = pixel.blur_valid_cv2(planes, 11, 1.5), pixel.blur_valid_conv(planes, 11, 1.5)
+    assert a.shape == b.shape == (5, 27, 42)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_shared_first_scale_is_recomputed_for_new_or_changed_tensors():
+    x, y = _pair(8, b=2)
+    first = pixel.ssim(x, y)
+    assert torch.equal(pixel.ssim(x, y), first)  # same objects: the shared terms
+    x.mul_(0.5)  # changed in place: not the cached terms any more
+    assert torch.equal(pixel.ssim(x, y), pixel.ssim(x.clone(), y.clone()))
+    assert not torch.equal(pixel.ssim(x, y), first)
+    with torch.inference_mode():  # tensors without a version counter are never served from the cache
+        xi, yi = x.clone(), y.clone()
+    assert torch.equal(pixel.ssim(xi, yi), pixel.ssim(x, y))
+    assert torch.equal(pixel.ms_ssim(xi, yi), pixel.ms_ssim(x.clone(), y.clone()))
+
+
 def test_weight_free_metrics_always_build(empty_roots):
     ctx = BuildContext(torch.device("cpu"), 512, "trainval70k", 512, 128)
     for name in ("psnr", "ssim", "ms_ssim"):
@@ -84,6 +134,22 @@ def test_weighted_metrics_unavailable_here_and_errors_under_require(name, empty_
     assert isinstance(got, Unavailable) and "missing" in got.reason
     with pytest.raises(MissingWeights):
         MetricSet([spec], ctx, require=True).scorer(spec)
+
+
+def test_dsl_fiqa_is_unavailable_whatever_is_staged(tmp_path, monkeypatch):
+    from prefrestore.evaluate import MetricSet
+    from prefrestore.weights_cli import gather
+
+    monkeypatch.setenv("PREFRESTORE_MODEL_STORE", str(tmp_path))
+    (tmp_path / "dsl_fiqa").mkdir()
+    (tmp_path / "dsl_fiqa" / "IQA.pt").write_bytes(b"staged")  # files present do not make it run
+    spec = metrics.SPECS["dsl_fiqa"]
+    ctx = BuildContext(torch.device("cpu"), 512, "trainval70k", 512, 128)
+    got = MetricSet([spec], ctx, require=False).scorer(spec)
+    assert isinstance(got, Unavailable) and got.reason.startswith("DSL-FIQA is not implemented in this project")
+    with pytest.raises(MissingWeights, match="not implemented"):
+        MetricSet([spec], ctx, require=True).scorer(spec)
+    assert not [e for e in gather()[0] if "dsl_fiqa" in e.used_by]  # nothing to stage for it
 
 
 def test_pyiqa_weight_names_are_the_ones_pyiqa_loads():
@@ -220,6 +286,73 @@ def test_open_clip_scorer_cosine_on_tiny_model():
 def test_preference_factories_raise_missing_weights(factory, empty_roots):
     with pytest.raises(MissingWeights):
         factory("cpu")
+
+
+def _tiny_vit(patch_size=16, **kwargs):
+    """dreamsim's ViT at width 32 (12 blocks: DreamSim reads the CLS token of block 11)."""
+    from functools import partial
+
+    from dreamsim.feature_extraction.vision_transformer import VisionTransformer
+
+    return VisionTransformer(patch_size=patch_size, embed_dim=32, depth=12, num_heads=2, mlp_ratio=2,
+                             qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), **kwargs)
+
+
+def _stage_tiny_dreamsim(folder):
+    """The ensemble's staged files, with tiny random ViTs in place of the ViT-B/16 backbones."""
+    from dreamsim.config import dreamsim_args
+    from dreamsim.model import PerceptualModel
+    from peft import LoraConfig, get_peft_model
+
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save(_tiny_vit(num_classes=0).state_dict(), folder / "checkpoints/dino_vitbase16_pretrain.pth")
+    head = {f"module.head.mlp.{i}.{p}": torch.randn(4, 4) for i in (0, 2, 4) for p in ("weight", "bias")}
+    torch.save({"student": {**head, "module.head.last_layer.weight": torch.randn(4, 4)}},
+               folder / "dino_vitb16_pretrain.pth")
+    for name in ("clip", "open_clip"):
+        vit = _tiny_vit()
+        vit.pos_drop = torch.nn.LayerNorm(32)  # as dreamsim's CLIP-as-DINO conversion
+        torch.save({"state_dict": {**vit.state_dict(), "proj": torch.randn(32, 16)}},
+                   folder / f"{name}_vitb16_pretrain.pth.tar")
+    with semantic._dino_from_store(folder):
+        base = PerceptualModel(**dreamsim_args["model_config"]["ensemble"], device="cpu", load_dir=str(folder),
+                               normalize_embeds=True)
+    lora = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a non-trivial adapter, so loading it changes the output
+    lora.save_pretrained(folder / "ensemble_lora")
+    return lora
+
+
+def test_dreamsim_builds_offline_from_staged_files(tmp_path, monkeypatch):
+    pytest.importorskip("dreamsim")
+    from dreamsim.feature_extraction import load_clip_as_dino, load_open_clip_as_dino, vision_transformer
+
+    monkeypatch.setenv("PREFRESTORE_MODEL_STORE", str(tmp_path))
+    for mod in (vision_transformer, load_clip_as_dino, load_open_clip_as_dino):
+        monkeypatch.setattr(mod, "vit_base", _tiny_vit)
+    torch.manual_seed(0)
+    staged = _stage_tiny_dreamsim(tmp_path / "dreamsim").eval()
+    spec = metrics.SPECS["dreamsim"]
+    assert spec.missing() == []
+    hub = (torch.hub.load, torch.hub.set_dir, torch.hub.get_dir())
+    scorer = spec.build(BuildContext(torch.device("cpu"), 512, "trainval70k", 512, 128))
+    assert (torch.hub.load, torch.hub.set_dir, torch.hub.get_dir()) == hub  # hub state untouched
+    x, y = _pair(9, b=2, size=64)
+    same, diff = scorer.update(x, x, None), scorer.fresh().update(x, y.flip(-1), None)
+    assert torch.allclose(same, torch.ones(2), atol=1e-5) and (diff < same).all()
+    prep = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+    flip = torch.nn.functional.interpolate(y.flip(-1), size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        assert torch.allclose(diff, 1 - staged(prep, flip), atol=1e-5)  # the staged adapter was loaded
+
+
+def test_dreamsim_hub_guard_serves_only_dino():
+    pytest.importorskip("dreamsim")
+    with semantic._dino_from_store(Path("/nonexistent")), pytest.raises(MissingWeights, match="only the staged"):
+        torch.hub.load("facebookresearch/dinov2", "dinov2_vitb14")
 
 
 def test_mean_scorer_checks_counts():

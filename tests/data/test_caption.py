@@ -75,10 +75,13 @@ def test_run_attributes_backend_schema_and_values(tiny_params, faces, tmp_path):
     assert summary["captioned"] == 10 and summary["valid"] == 10 and summary["flagged"] == 0
     assert summary["suite_checked"] == 10  # the great-expectations caption suite agreed on every valid row
     assert json.loads((out / "caption_report.json").read_text())["captioned"] == 10
-    # Idempotent: a second run captions nothing new and writes the same table.
+    # Idempotent: a second run captions nothing new and writes the same bytes (the DVC hash holds)
+    report = (out / "caption_report.json").read_bytes()
+    assert summary["images_per_s"] > 0 and b"images_per_s" not in report
     again = caption.run(tiny_params, {"faces": faces}, out)
     assert again["captioned_this_run"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "captions.parquet"), frame)
+    assert (out / "caption_report.json").read_bytes() == report
 
 
 @pytest.mark.parametrize(
