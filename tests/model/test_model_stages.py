@@ -53,6 +53,19 @@ def test_stage_1_2_group(model: PrefRestoreModel) -> None:
         assert not any(n.startswith(prefix) for n in names), prefix
 
 
+def test_stage_1_2_group_with_channel_concat_trains_the_lq_input_projection() -> None:
+    """z_low enters SANA through patch_embed's extra input channels: stage 1.2 trains that projection."""
+    cfg = load("tiny").section("model", ModelConfig)
+    assert cfg.lq_condition == "concat_channels"
+    model = PrefRestoreModel.build(cfg, "")
+    names = model.freeze_for("1.2")
+    assert "transformer.patch_embed.proj.weight" in names
+    assert any(n.startswith("transformer.transformer_blocks.") for n in names)
+    for prefix in ("tokenizer.", "ar.", "vae.decoder.", "transformer.caption_projection.", "transformer.proj_out."):
+        assert not any(n.startswith(prefix) for n in names), prefix
+    assert "transformer.patch_embed.proj.weight" not in model.freeze_for("1.1")
+
+
 def test_stage_2_is_lora_only(model: PrefRestoreModel) -> None:
     with pytest.raises(ValueError, match="LoRA"):
         model.freeze_for("2")

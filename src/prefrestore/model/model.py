@@ -54,6 +54,10 @@ STAGE_PREFIXES: dict[str, tuple[str, ...]] = {
     # 1.2 texture-to-diffusion: SANA blocks, vae_connector, VAE encoder
     "1.2": ("transformer.transformer_blocks.", "vae_connector.", "vae.encoder."),
 }
+# With ``lq_condition: concat_channels`` z_low enters through the extra input channels of SANA's
+# ``patch_embed`` instead of through ``vae_connector``: that projection is the conditioning path, so
+# stage 1.2 trains it (on tiny, +0.2 dB held-out PSNR; benchmarks/RESULTS.md).
+CONCAT_CHANNELS_1_2 = ("transformer.patch_embed.",)
 LORA_MARK = "lora_"  # stage 2: only LoRA adapter weights (peft names contain lora_A / lora_B)
 DEFAULT_INSTRUCTION = NO_CAPTION_TEMPLATE  # Appendix F-A, no caption
 
@@ -237,7 +241,10 @@ class PrefRestoreModel(nn.Module):
             return picked
         if stage not in STAGE_PREFIXES:
             raise ValueError(f"unknown stage '{stage}'; use 1.1, 1.2 or 2")
-        return [n for n in names if n.startswith(STAGE_PREFIXES[stage]) and LORA_MARK not in n]
+        prefixes = STAGE_PREFIXES[stage]
+        if stage == "1.2" and self.cfg.lq_condition == "concat_channels":
+            prefixes = prefixes + CONCAT_CHANNELS_1_2
+        return [n for n in names if n.startswith(prefixes) and LORA_MARK not in n]
 
     def freeze_for(self, stage: Stage) -> list[str]:
         """Set ``requires_grad`` for ``stage`` (only its group trains) and return the trainable names."""
