@@ -69,6 +69,10 @@ def _run_step(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     summary = steps.execute(step, params, inputs, args.out)
+    from prefrestore import distributed
+
+    if not distributed.is_main():  # under torchrun: rank 0 reports
+        return 0
     if args.summary:
         from prefrestore.atomic import write_json
 

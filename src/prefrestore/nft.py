@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from prefrestore import distributed
 from prefrestore.config import check_range
 from prefrestore.flow import FlowSchedule, interpolate, velocity_target
 from prefrestore.samplers import sample
@@ -171,6 +172,8 @@ def advantages(
 # Eqs. 13-15: the NFT loss
 # --------------------------------------------------------------------------------------------------
 
+LOSS_PARTS = ("loss", "policy_loss", "kl", "positive_loss", "negative_loss", "old_deviation")  # nft_loss's parts
+
 
 def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else x
@@ -317,11 +320,19 @@ def collect_rollouts(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> Rollouts:
-    """``group_size`` deterministic samples per group from ``v_old``, differing only in noise."""
+    """``group_size`` deterministic samples per group from ``v_old``, differing only in noise.
+
+    ``noise``: the initial noises ``[len(groups) group_size, ...]`` when the caller drew them
+    (a rank's share of an epoch, :mod:`prefrestore.rollout_shards`); default: drawn from ``generator``.
+    """
     group = torch.tensor([g for g in groups for _ in range(group_size)], dtype=torch.long, device=device)
-    noise = torch.randn((group.numel(), *noise_shape), generator=generator,
-                        device=generator.device).to(device)
+    if noise is None:
+        noise = torch.randn((group.numel(), *noise_shape), generator=generator, device=generator.device)
+    if noise.shape[0] != group.numel():
+        raise ValueError(f"{noise.shape[0]} noises for {group.numel()} rollouts")
+    noise = noise.to(device)
     outs = []
     starts = range(0, group.numel(), sample_batch)
     for start in tqdm(starts, desc="rollouts", disable=not progress, leave=False):
@@ -346,13 +357,20 @@ def nft_train_step(
     params: Sequence[torch.Tensor],
     generator: torch.Generator,
     progress: bool = False,
+    slots: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One optimizer step: the NFT loss over every rollout x ``timesteps_per_sample`` fresh sigmas.
+    """One optimizer step: the NFT loss (Eqs. 13-15) over every rollout x ``timesteps_per_sample`` fresh sigmas.
 
     Gradients accumulate over micro-batches of ``train_batch``; the loss of each micro-batch is
     weighted by its share of the epoch, so the step sees the mean loss. Clips the global norm.
+
+    Under several processes, ``slots [N]`` covers the epoch's N rollouts (all ranks): the index of
+    each in this rank's ``rollouts`` and ``r``, or -1 for another rank's. Every rank draws the same
+    permutation, sigmas and noises for all N, trains on its own rows of each micro-batch, and the
+    gradients and loss terms are summed over ranks before the clipped step, so every rank takes
+    the step a single process would take on all N.
     """
-    n = rollouts.x0.shape[0]
+    n = rollouts.x0.shape[0] if slots is None else slots.numel()
     device = rollouts.x0.device
     optimizer.zero_grad(set_to_none=True)
     perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
@@ -360,10 +378,17 @@ def nft_train_step(
     chunks = [perm[i:i + cfg.train_batch] for i in range(0, n, cfg.train_batch)]
     work = [(c, j) for c in chunks for j in range(cfg.timesteps_per_sample)]
     for idx, _ in tqdm(work, desc="nft train", disable=not progress, leave=False):
+        sigma = schedule.sample_sigma(idx.numel(), generator=generator).to(device)
+        eps = torch.randn((idx.numel(), *rollouts.x0.shape[1:]), generator=generator,
+                          device=generator.device).to(device)
+        if slots is not None:  # this rank's rows of the micro-batch (the draws above cover all of it)
+            local = slots.to(device)[idx]
+            mine = local >= 0
+            if not bool(mine.any()):
+                continue
+            idx, sigma, eps = local[mine], sigma[mine], eps[mine]
         x0 = rollouts.x0[idx]
         grp = rollouts.group[idx]
-        sigma = schedule.sample_sigma(idx.numel(), generator=generator).to(device)
-        eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
         x_t = interpolate(x0, eps, sigma)
         with torch.no_grad():
             vo = v_old(x_t, sigma, grp)
@@ -378,6 +403,9 @@ def nft_train_step(
         (loss * weight).backward()
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + float(v) * weight
+    if slots is not None:  # each rank's terms are weighted by its share of N: the sums are the epoch's
+        distributed.sum_grads_(params)
+        totals = distributed.sum_floats({k: totals.get(k, 0.0) for k in LOSS_PARTS})
     grad_norm = torch.nn.utils.clip_grad_norm_(list(params), cfg.grad_clip)
     if not math.isfinite(float(grad_norm)):
         optimizer.zero_grad(set_to_none=True)

@@ -9,9 +9,11 @@ advantages of paper Eq. 12 centre per group; its per-image spread over seeds is 
 
 - Preference rewards (the paper's default, weight 1 each, text = the sample's caption):
   PickScore (CLIP ViT-H/14 + PickScore_v1, ``logit / 26``), HPSv2.1 (open_clip ViT-H-14 + the
-  HPS v2.1 checkpoint, image-text cosine), CLIP score (ViT-L/14, ``logit / 100``).
+  HPS v2.1 checkpoint, image-text cosine), CLIP score (ViT-L/14, ``logit / 100``). These are the
+  Table VIII scorers of :mod:`prefrestore.metrics.preference`, divided as the released rewards are.
 - GT-aware rewards (released variant, 0.5 each): ``-LPIPS`` (pyiqa), LMD as ``1 / (1 + d / 20)``,
-  ArcFace cosine. LMD/ArcFace use the face-metric module when it provides them.
+  ArcFace cosine. LMD and ArcFace use the networks and functions of the evaluation's LMD and Deg
+  (:mod:`prefrestore.metrics.face`).
 - Offline rewards that need no weights (tiny profile): PSNR / scale, SSIM, ``-MSE`` to HQ and a
   no-reference sharpness ``v / (v + ref)`` of the Laplacian variance ``v``.
 
@@ -29,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from prefrestore.config import check_range
+from prefrestore.metrics import face, preference
 from prefrestore.metrics.iqa import LPIPS_W
-from prefrestore.metrics.preference import CLIP_MEAN, CLIP_STD, clip_pixels
+from prefrestore.metrics.preference import ClipPairScorer
 from prefrestore.weights import MissingWeights, WeightFile, require
 
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, Sequence[str]], torch.Tensor]
@@ -134,119 +137,43 @@ def sharpness_reward(ref: float) -> Scorer:
 
 
 # --------------------------------------------------------------------------------------------------
-# CLIP-family preference scorers (PickScore, CLIP score, HPSv2.1)
+# Preference scorers (PickScore, CLIP score, HPSv2.1): the evaluation's own (Table VIII)
 # --------------------------------------------------------------------------------------------------
 
-Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
+
+def _for_reward(name: str, *files: WeightFile) -> tuple[WeightFile, ...]:
+    """The evaluation metrics' weight files, declared again as this reward's (same place, ``used_by`` says who)."""
+    return tuple(dataclasses.replace(w, used_by=f"reward {name}") for w in files)
 
 
-class HFClipScorer:
-    """``logit_scale.exp() * cos(image, text) / divisor`` with a transformers ``CLIPModel``.
+PICKSCORE_WEIGHTS = _for_reward("pickscore", preference.PICKSCORE_W, preference.PICKSCORE_TOKENIZER_W)
+CLIP_WEIGHTS = _for_reward("clip", preference.CLIP_L14_W)
+HPS_WEIGHTS = _for_reward("hpsv21", preference.HPSV21_W)
 
-    PickScore (divisor 26) and the CLIP score (divisor 100) are this formula with different weights.
-    """
 
-    def __init__(self, model, tokenize: Tokenize, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], divisor: float, device: torch.device | str):
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.tokenize, self.image_size, self.mean, self.std = tokenize, image_size, mean, std
-        self.divisor, self.device = divisor, torch.device(device)
+def text_reward(scorer: ClipPairScorer, divisor: float) -> Scorer:
+    """A :class:`~prefrestore.metrics.preference.ClipPairScorer` as a reward: ``score(images, captions) / divisor``."""
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, hq: torch.Tensor | None, captions: Sequence[str]) -> torch.Tensor:
+    def score(images, hq, captions):
         _check(images, None, "clip-family", False)
-        if len(captions) != images.shape[0]:
-            raise ValueError(f"{len(captions)} captions for {images.shape[0]} images")
-        pixels = clip_pixels(images.to(self.device), self.image_size, self.mean, self.std)
-        text = {k: v.to(self.device) for k, v in self.tokenize(list(captions)).items()}
-        img = self.model.get_image_features(pixel_values=pixels)
-        txt = self.model.get_text_features(**text)
-        img = getattr(img, "pooler_output", img)  # transformers 5 may wrap features in an output object
-        txt = getattr(txt, "pooler_output", txt)
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = txt / txt.norm(dim=-1, keepdim=True)
-        return (self.model.logit_scale.exp() * (img * txt).sum(-1) / self.divisor).float().cpu()
+        return (scorer(images, captions) / divisor).float().cpu()
 
-
-def _hf_snapshot(repo: str, used_by: str) -> WeightFile:
-    folder = "models--" + repo.replace("/", "--")
-    return WeightFile(f"hf/{repo}", "hf", f"hub/{folder}", None, used_by, f"hf:{repo}")
-
-
-PICKSCORE_WEIGHTS = (
-    _hf_snapshot("yuvalkirstain/PickScore_v1", "reward pickscore"),
-    _hf_snapshot("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "reward pickscore (processor)"),
-)
-CLIP_WEIGHTS = (_hf_snapshot("openai/clip-vit-large-patch14", "reward clip"),)
-HPS_WEIGHTS = (
-    WeightFile("hpsv2/HPS_v2.1_compressed.pt", "store", "hpsv2/HPS_v2.1_compressed.pt", None,
-               "reward hpsv21", "hf:xswu/HPSv2 (HPS_v2.1_compressed.pt)"),
-)
-
-
-def _hf_clip_scorer(model_repo: str, processor_repo: str, weights: tuple[WeightFile, ...],
-                    divisor: float, device: torch.device | str) -> HFClipScorer:
-    for w in weights:
-        require(w)
-    from transformers import AutoProcessor, CLIPModel
-
-    processor = AutoProcessor.from_pretrained(processor_repo, local_files_only=True)
-    model = CLIPModel.from_pretrained(model_repo, local_files_only=True)
-
-    def tokenize(texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return dict(processor.tokenizer(list(texts), padding=True, truncation=True, max_length=77,
-                                        return_tensors="pt"))
-
-    ip = processor.image_processor
-    size = ip.crop_size["height"] if isinstance(ip.crop_size, Mapping) else int(ip.crop_size)
-    return HFClipScorer(model, tokenize, size, ip.image_mean, ip.image_std, divisor, device)
+    return score
 
 
 def pickscore_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
-    """PickScore_v1 (Kirstain et al. 2023): ``logit / pickscore_divisor`` (released: /26)."""
-    return _hf_clip_scorer("yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-                           PICKSCORE_WEIGHTS, cfg.pickscore_divisor, device)
+    """PickScore_v1 (Kirstain et al. 2023): ``logit_scale cos / pickscore_divisor`` (released: /26)."""
+    return text_reward(preference.pickscore(device), cfg.pickscore_divisor)
 
 
 def clip_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
-    """CLIP score with OpenAI ViT-L/14: ``logit / clip_divisor`` (released: /100)."""
-    return _hf_clip_scorer("openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14",
-                           CLIP_WEIGHTS, cfg.clip_divisor, device)
-
-
-OPENAI_MEAN, OPENAI_STD = CLIP_MEAN, CLIP_STD
-
-
-class OpenClipCosineScorer:
-    """HPSv2-style score: cosine of the normalised open_clip image and text features."""
-
-    def __init__(self, model, tokenizer: Callable[[list[str]], torch.Tensor], image_size: int,
-                 device: torch.device | str):
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.tokenizer, self.image_size, self.device = tokenizer, image_size, torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, hq: torch.Tensor | None, captions: Sequence[str]) -> torch.Tensor:
-        _check(images, None, "hpsv21", False)
-        if len(captions) != images.shape[0]:
-            raise ValueError(f"{len(captions)} captions for {images.shape[0]} images")
-        pixels = clip_pixels(images.to(self.device), self.image_size, OPENAI_MEAN, OPENAI_STD)
-        img = self.model.encode_image(pixels, normalize=True)
-        txt = self.model.encode_text(self.tokenizer(list(captions)).to(self.device), normalize=True)
-        return (img * txt).sum(-1).float().cpu()
+    """CLIP score with OpenAI ViT-L/14: ``logit_scale cos / clip_divisor`` (released: /100)."""
+    return text_reward(preference.clip_score(device), cfg.clip_divisor)
 
 
 def hpsv21_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
-    """HPSv2.1 (Wu et al. 2023): open_clip ViT-H-14 architecture with the HPS v2.1 state dict."""
-    path = require(HPS_WEIGHTS[0])
-    import open_clip
-
-    model = open_clip.create_model("ViT-H-14", pretrained=None)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise MissingWeights(f"{path}: not an HPS v2.1 checkpoint (no 'state_dict' entry)")
-    model.load_state_dict(state["state_dict"])  # strict: every ViT-H-14 tensor must be there
-    return OpenClipCosineScorer(model, open_clip.get_tokenizer("ViT-H-14"), 224, device)
+    """HPSv2.1 (Wu et al. 2023): the cosine of open_clip ViT-H-14 features with the HPS v2.1 weights."""
+    return text_reward(preference.hpsv21(device), 1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,53 +203,47 @@ def lpips_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
     return score
 
 
-LMD_WEIGHTS = (
-    WeightFile("facexlib/alignment_WFLW_4HG.pth", "torch", "hub/facexlib/alignment_WFLW_4HG.pth", None,
-               "reward lmd (AWing FAN)",
-               "https://github.com/xinntao/facexlib/releases/download/v0.1.0/alignment_WFLW_4HG.pth"),
-)
-ARCFACE_WEIGHTS = (
-    WeightFile("vqfr/resnet18_110.pth", "store", "vqfr/metric_weights/resnet18_110.pth", None,
-               "reward arcface (resnet18 ArcFace, VQFR metric_paper)",
-               "VQFR release: experiments/pretrained_models/metric_weights/resnet18_110.pth"),
-)
-
-
-def _face_metric(fn_name: str):
-    """The face-metric function ``fn_name`` from ``prefrestore.metrics.face`` (another module's API)."""
-    try:
-        from prefrestore.metrics import face
-    except ImportError as exc:
-        raise NotImplementedError(
-            f"reward needs prefrestore.metrics.face.{fn_name}, which is not available: {exc}") from exc
-    if not hasattr(face, fn_name):
-        raise NotImplementedError(f"prefrestore.metrics.face has no '{fn_name}' for the reward to call")
-    return getattr(face, fn_name)
+LMD_WEIGHTS = _for_reward("lmd", face.AWING_W)
+ARCFACE_WEIGHTS = _for_reward("arcface", face.ARCFACE_W)
+LMD_RESOLUTION = 512  # side at which landmarks are compared: lmd_scale_px is "px at 512" (params.yaml, SPEC §4)
+ARCFACE_SIZE = 128  # the resnet18 ArcFace's grey input side (its fc layer is sized for it)
 
 
 def lmd_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
-    """``1 / (1 + LMD / lmd_scale_px)`` in (0, 1] (released lmd_scorer); LMD from the face metrics."""
-    for w in LMD_WEIGHTS:
-        require(w)
-    distance = _face_metric("landmark_distance")  # (restored, hq, device) -> Tensor[B] pixels
+    """``1 / (1 + LMD / lmd_scale_px)`` in (0, 1] (released lmd_scorer), with the evaluation's LMD.
+
+    LMD (:mod:`prefrestore.metrics.face`): the mean L2 distance of the 98 AWing landmarks of the
+    restored and the HQ face, both at ``LMD_RESOLUTION`` px.
+    """
+    require(face.AWING_W)  # before importing facexlib: a clear MissingWeights
+    dev = torch.device(device)
+    fan = face.load_awing_fan(dev)
 
     def score(images, hq, captions):
         _check(images, hq, "lmd", True)
-        d = distance(images, hq, device).reshape(-1).float().cpu()
+        restored = face.landmarks_98(fan, face.to_uint8(images), LMD_RESOLUTION, dev)
+        target = face.landmarks_98(fan, face.to_uint8(hq), LMD_RESOLUTION, dev)
+        d = torch.from_numpy(face.landmark_distance(restored, target)).float()
         return 1.0 / (1.0 + d / cfg.lmd_scale_px)
 
     return score
 
 
 def arcface_reward(cfg: RewardsConfig, device: torch.device | str) -> Scorer:
-    """ArcFace cosine similarity of restored and HQ identity features (higher: same identity)."""
-    for w in ARCFACE_WEIGHTS:
-        require(w)
-    cosine = _face_metric("arcface_cosine")  # (restored, hq, device) -> Tensor[B] in [-1, 1]
+    """ArcFace cosine of restored and HQ identity features (higher: same identity).
 
+    The network and input of the evaluation's Deg (:mod:`prefrestore.metrics.face`: resnet18
+    ArcFace, grey ``ARCFACE_SIZE`` px); Deg is this cosine's angle in degrees.
+    """
+    dev = torch.device(device)
+    net = face.load_arcface(dev)  # MissingWeights first when resnet18_110.pth is not staged
+
+    @torch.no_grad()
     def score(images, hq, captions):
         _check(images, hq, "arcface", True)
-        return cosine(images, hq, device).reshape(-1).float().cpu()
+        f_restored = net(face.arcface_input(face.to_uint8(images), ARCFACE_SIZE).to(dev))
+        f_hq = net(face.arcface_input(face.to_uint8(hq), ARCFACE_SIZE).to(dev))
+        return F.cosine_similarity(f_restored.double(), f_hq.double(), dim=1).float().cpu()
 
     return score
 

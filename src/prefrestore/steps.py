@@ -133,10 +133,16 @@ def check_inputs(step: Step, inputs: Mapping[str, Path]) -> dict[str, Path]:
 
 
 def execute(step: Step, params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
-    """Run ``step`` inside its MLflow step run, logging the numbers of its summary as metrics."""
-    from prefrestore import tracking
+    """Run ``step`` inside its MLflow step run, logging the numbers of its summary as metrics.
+
+    Under ``torchrun`` every rank runs the step, but only rank 0 opens the MLflow run (the others
+    log nothing).
+    """
+    from prefrestore import distributed, tracking
 
     run = step.load()
+    if not distributed.is_main():
+        return run(params, inputs, Path(out))
     sections = {s: params.tree[s] for s in step.sections if s in params.tree}
     with tracking.step_run(step.name, params, inputs, sections):
         summary = run(params, inputs, Path(out))

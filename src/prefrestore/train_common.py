@@ -6,7 +6,9 @@
   that does not divide is a config error raised when the section is loaded.
 - ``accelerate``: the same code runs on CPU, one GPU, and ``torchrun``/``accelerate launch`` over many
   GPUs or nodes (DDP); with ``deepspeed: zero1|zero2`` it uses ``infra/deepspeed/<name>.json``.
-  bf16 autocast is used where the device supports it (CUDA with bf16), never on CPU.
+  bf16 autocast is used where the device supports it (CUDA with bf16), never on CPU. Under several
+  processes rank 0 alone validates and writes checkpoints, MLflow metrics and the model; the logged
+  loss terms are the mean over ranks.
 - Data order: each epoch is a permutation seeded by ``(seed, epoch)``, cut into global batches and
   sharded by rank, so the position ``(epoch, batch)`` in a checkpoint resumes the stream exactly.
 - Checkpoints (:mod:`prefrestore.checkpoint`) every ``checkpoint_every`` steps and at the end; a run
@@ -38,9 +40,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prefrestore import checkpoint, tracking
+from prefrestore import checkpoint, distributed, tracking
 from prefrestore.atomic import atomic_path, write_json
 from prefrestore.config import PROJECT_ROOT, ConfigError, Params, check_range
+from prefrestore.distributed import world_size
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +113,6 @@ class TrainConfig:
         return math.ceil(self.warmup_ratio * self.max_steps)
 
 
-def world_size() -> int:
-    """Processes of this launch (``torchrun``/``accelerate launch`` export ``WORLD_SIZE``)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def load_train_config(params: Params, section: str, cls: type[Any]) -> Any:
     """Read a stage section and check the batch arithmetic against this launch's world size."""
     cfg = params.section(section, cls)
@@ -149,7 +147,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
 def make_accelerator(cfg: TrainConfig) -> Any:
     """An ``accelerate.Accelerator`` for this launch: DDP/CPU/GPU, DeepSpeed ZeRO when configured."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available()
     bf16 = cfg.mixed_precision == "bf16" and cuda and torch.cuda.is_bf16_supported()
@@ -173,8 +171,9 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     # Frozen-but-present modules and CFG-dropped conditions can leave a trainable tensor without a
     # gradient in some micro-batch; DDP must not hang on it.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    group = InitProcessGroupKwargs(timeout=distributed.TIMEOUT)  # ranks wait while rank 0 validates
     return Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=accum,
-                       deepspeed_plugin=plugin, cpu=not cuda, kwargs_handlers=[ddp])
+                       deepspeed_plugin=plugin, cpu=not cuda, kwargs_handlers=[ddp, group])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -347,6 +346,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ckpt_dir: Path, fingerprint: str, see
                 bar.set_postfix(loss=f"{sums['loss']:.4f}")
                 if step % cfg.log_every == 0 or step == stop:
                     elapsed = time.perf_counter() - window_t
+                    if world > 1:  # each rank saw its share of the global batch: log the global mean
+                        sums = {k: v / world for k, v in distributed.sum_floats(sums).items()}
                     last = {f"train/{k}": v for k, v in sums.items()}
                     last.update({"train/lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm,
                                  "train/samples_per_s": window_n / max(elapsed, 1e-9),

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from prefrestore import tracking, validation
+from prefrestore import distributed, tracking, validation
 from prefrestore.config import Params, as_dict, check_range
 from prefrestore.degrade import DegradeConfig
 from prefrestore.degrade_torch import OnTheFlyPairs
@@ -236,6 +236,7 @@ def train(step: str, params: Params, inputs: Mapping[str, Path], out: Path,
         v = result.validation
         summary["restores"] = bool(v["val/psnr_restored"] > v["val/psnr_input"]
                                    and v["val/ssim_restored"] > v["val/ssim_input"])
+    summary = distributed.broadcast(summary)  # rank 0 validated: every rank returns its summary
     if result.stopped_early:
         summary["stopped_early"] = True
         return summary
@@ -244,7 +245,9 @@ def train(step: str, params: Params, inputs: Mapping[str, Path], out: Path,
         model.save_pretrained(dest)
         save_inference(dest, settings, schedule)
 
-    finalize(out, save_model, summary)
+    if distributed.is_main():  # under torchrun rank 0 writes the model directory; the others wait for it
+        finalize(out, save_model, summary)
+    distributed.barrier()
     return summary
 
 

@@ -23,6 +23,12 @@ the test split (Fig. 9; PSNR/SSIM watch for reward hacking, trap 8), with LQ | b
 Fig. 8: per-image std of every reward and of their weighted sum over ``determinism_seeds`` seeds,
 for the stage-1 model (adapters off) and the result; medians logged and box-plotted.
 
+Several processes (``torchrun``, gloo on CPU, NCCL on GPUs): each rank rolls out and scores its share
+of the epoch's groups (:mod:`prefrestore.rollout_shards`); rewards are gathered so that Eq. 12 uses the
+whole epoch, and LoRA gradients are summed over ranks, so every rank takes the step (and the old-policy
+update) a single process would. Rank 0 alone runs the held-out monitoring and writes checkpoints,
+MLflow metrics and the model directory.
+
 Resumable: checkpoints (both adapters, AdamW state, RNG, epoch, held-out history) every
 ``checkpoint_every`` epochs; every random draw of epoch ``e`` comes from a generator seeded by
 ``(data.seed, e)``, so a resumed run equals an uninterrupted one.
@@ -45,7 +51,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from prefrestore import checkpoint, lora, tracking
+from prefrestore import checkpoint, distributed, lora, tracking
 from prefrestore.atomic import atomic_path, write_json
 from prefrestore.config import Params, as_dict
 from prefrestore.degrade import DegradeConfig
@@ -68,6 +74,7 @@ from prefrestore.nft import (
     old_policy_decay,
 )
 from prefrestore.rewards import RewardsConfig, Scorer, build_scorers, needs_hq, score_all, total_reward
+from prefrestore.rollout_shards import GroupShard
 from prefrestore.samplers import sample
 from prefrestore.train_common import CHECKPOINTS, VALIDATION_DIR, finalize, fingerprint, finished
 
@@ -267,27 +274,36 @@ def group_std(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
 def nft_epoch(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
               cfg: Stage2Config, schedule: FlowSchedule, optimizer: torch.optim.Optimizer,
               params: Sequence[torch.nn.Parameter], step: int, generator: torch.Generator,
-              progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:
+              progress: bool = False, shard: GroupShard | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """One DiffusionNFT epoch on ``batch`` (module docstring, steps 2-5); returns its metrics and rollouts.
 
     Built from :mod:`prefrestore.nft`'s pieces rather than its generic ``nft_epoch`` because stage 2
     also drops zero-variance groups from the loss and logs every reward term separately.
+
+    ``shard``: under several processes, this rank's groups of the epoch (``batch`` holds exactly
+    them); rewards are gathered so that Eq. 12 sees the whole epoch, and gradients are summed over
+    ranks (:mod:`prefrestore.rollout_shards`). Default: ``batch`` is the whole epoch.
     """
     device = model.device
     transformer = model.transformer
+    shard = shard or GroupShard(tuple(batch.ids), cfg.group_size, 0, 1)
+    if len(shard.positions) != len(batch.ids):
+        raise ValueError(f"the batch holds {len(batch.ids)} groups, the shard {len(shard.positions)}")
     v_cur = policy(model, batch, schedule, lora.CURRENT)
     v_old = policy(model, batch, schedule, lora.OLD)
     v_ref = policy(model, batch, schedule, None) if cfg.kl_weight > 0 else None
     sampler_old = policy(model, batch, schedule, lora.OLD, cfg.cfg_scale)
-    rolls = collect_rollouts(sampler_old, range(len(batch.ids)), cfg.group_size, model.latent_shape(1)[1:],
-                             schedule.sigmas(cfg.sampler_steps, device=device), cfg.sampler, cfg.sample_batch,
-                             generator, device, progress)
+    shape = model.latent_shape(1)[1:]
+    noise = torch.randn((shard.num_rows, *shape), generator=generator, device=generator.device)  # all ranks' rows
+    rolls = collect_rollouts(sampler_old, range(len(batch.ids)), cfg.group_size, shape,
+                             schedule.sigmas(cfg.sampler_steps, device=device), cfg.sampler,
+                             shard.per_rank(cfg.sample_batch), generator, device, progress, noise=noise[shard.rows()])
     images = decode(model, rolls.x0, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
-    scores = score(scorers, images, batch, rolls.group, needs_hq(rcfg))
+    scores = shard.gather(score(scorers, images, batch, rolls.group, needs_hq(rcfg)))  # every rollout's, all ranks
     rewards = total_reward(scores, rcfg.weights)
-    keys = [batch.ids[g] for g in rolls.group.tolist()]  # group by sample id, never caption (trap 4)
+    keys = shard.row_keys()  # group by sample id, never caption (trap 4)
     _, r, adv = advantages(rewards, keys, cfg.adv_clip, cfg.adv_eps)
-    keep = group_std(rewards, rolls.group.cpu()) > 0  # zero-variance groups: no loss at all (trap 8)
+    keep = group_std(rewards, shard.row_groups()) > 0  # zero-variance groups: no loss at all (trap 8)
     stats: dict[str, float] = {
         "train/zero_std_groups": adv["zero_std_groups"], "train/zero_std_ratio": adv["zero_std_ratio"],
         "train/group_std_mean": adv["group_std_mean"], "train/clipped_fraction": adv["clipped_fraction"],
@@ -297,10 +313,12 @@ def nft_epoch(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Score
         stats[f"reward/{name}_mean"] = float(s.mean())
         stats[f"reward/{name}_std"] = float(s.std(unbiased=False))
     if bool(keep.any()):
-        k = keep.to(device)
+        kept = keep.nonzero().squeeze(1)  # global rows
+        k = shard.local(kept).to(device)  # this rank's kept rollouts, in the order of `kept`
         sub = Rollouts(x0=rolls.x0[k], group=rolls.group[k], noise=rolls.noise[k])
-        parts = nft_train_step(v_cur, v_old, v_ref, sub, r.to(device)[k], cfg, schedule, optimizer, params,
-                               generator, progress)
+        mine = shard.slots(kept)
+        parts = nft_train_step(v_cur, v_old, v_ref, sub, r[kept][mine >= 0].to(device), cfg, schedule, optimizer,
+                               params, generator, progress, slots=mine if shard.world > 1 else None)
         stats.update({
             "train/loss": parts["loss"], "train/policy_loss": parts["policy_loss"], "train/kl": parts["kl"],
             "train/positive_loss": parts["positive_loss"], "train/negative_loss": parts["negative_loss"],
@@ -358,7 +376,12 @@ def _save_lora(folder: Path, adapters: Mapping[str, Mapping[str, torch.Tensor]],
 
 
 def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = True) -> dict[str, Any]:
-    """Stage 2 (DiffusionNFT + LoRA) from ``inputs["base"]`` to the model directory ``out``."""
+    """Stage 2 (DiffusionNFT + LoRA) from ``inputs["base"]`` to the model directory ``out``.
+
+    Under ``torchrun`` every rank rolls out its share of each epoch's groups and takes the same
+    optimizer step (:func:`nft_epoch`); rank 0 alone evaluates the held-out set and writes
+    checkpoints, MLflow metrics and ``out``, and every rank returns its summary.
+    """
     t0 = time.perf_counter()
     cfg = params.section("stage2", Stage2Config)
     rcfg = params.section("rewards", RewardsConfig)
@@ -379,7 +402,9 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         log.info("stage2: %s already holds this run's result", out)
         return done
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device()  # under a launcher this also starts the process group
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     scorers = build_scorers(rcfg, device)  # a reward whose weights are missing fails here, before any work
     captions = load_captions(Path(inputs["captions"]))
     model = PrefRestoreModel.from_pretrained(base).to(device)
@@ -400,15 +425,18 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
                              f"(e.g. {lacking[:3]}) in {inputs['captions']}")
     if cfg.groups_per_epoch > len(train):
         raise ValueError(f"stage2.groups_per_epoch={cfg.groups_per_epoch} exceeds the {len(train)} training faces")
+    if cfg.groups_per_epoch < world:
+        raise ValueError(f"stage2.groups_per_epoch={cfg.groups_per_epoch} leaves some of the {world} processes "
+                         "without a group to roll out; use at least one group per process")
     n_held = min(cfg.heldout_size, len(test))
     if n_held < cfg.heldout_size:
         log.warning("stage2: held-out set has %d faces, fewer than heldout_size=%d", n_held, cfg.heldout_size)
-    held = make_batch(model, test, range(n_held), captions, cfg.sample_batch)
+    held = make_batch(model, test, range(n_held), captions, cfg.sample_batch) if main else None
 
     ckpt_dir = out / CHECKPOINTS
     grids = out / VALIDATION_DIR
-    path, report = checkpoint.latest(ckpt_dir)
-    for line in report:
+    path, report = distributed.broadcast(checkpoint.latest(ckpt_dir) if main else None)  # rank 0 looks and cleans
+    for line in report if main else []:
         log.warning("stage2: %s", line)
     start, extra = 0, {}
     if path is not None:
@@ -426,12 +454,15 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         log.info("stage2: resuming from %s (epoch %d)", path, start)
 
     # ---- before: the stage-1 model (adapters disabled), computed once and kept in the checkpoints
-    if "before" not in extra:
-        metrics, _ = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, None)
-        spread = determinism(model, held, scorers, rcfg, cfg, schedule, seed, None) if cfg.determinism_seeds else None
-        extra = {"before": metrics, "spread_before": _spread_summary(spread), "curve": [{"epoch": 0, **metrics}]}
-    tracking.log_metrics({k: v for k, v in extra["curve"][0].items() if k != "epoch"}, step=0)
-    before_imgs = restore_heldout_all(model, held, cfg, schedule, seed, None) if cfg.grid_samples else None
+    before_imgs = None
+    if main:
+        if "before" not in extra:
+            metrics, _ = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, None)
+            spread = determinism(model, held, scorers, rcfg, cfg, schedule, seed, None) \
+                if cfg.determinism_seeds else None
+            extra = {"before": metrics, "spread_before": _spread_summary(spread), "curve": [{"epoch": 0, **metrics}]}
+        tracking.log_metrics({k: v for k, v in extra["curve"][0].items() if k != "epoch"}, step=0)
+        before_imgs = restore_heldout_all(model, held, cfg, schedule, seed, None) if cfg.grid_samples else None
 
     def save_ckpt(epoch: int) -> None:
         checkpoint.save(ckpt_dir, epoch, trainable=_trainable_state(model), optimizer=optimizer.state_dict(),
@@ -439,28 +470,34 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
                         fingerprint=fp, extra=extra, keep=cfg.checkpoint_keep)
 
     last: dict[str, float] = {}
-    bar = tqdm(range(start, cfg.epochs), desc="stage2", disable=not progress)
+    bar = tqdm(range(start, cfg.epochs), desc="stage2", disable=not (progress and main))
     for epoch in bar:
         gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
         train.set_epoch(epoch)
         picks = torch.randperm(len(train), generator=gen)[:cfg.groups_per_epoch].tolist()
-        batch = make_batch(model, train, picks, captions, cfg.sample_batch)
-        last, _ = nft_epoch(model, batch, scorers, rcfg, cfg, schedule, optimizer, trainable, epoch, gen)
-        tracking.log_metrics(last, step=epoch + 1)
+        shard = GroupShard(tuple(train.ids[i] for i in picks), cfg.group_size, rank, world)
+        batch = make_batch(model, train, [picks[p] for p in shard.positions], captions, cfg.sample_batch)
+        last, _ = nft_epoch(model, batch, scorers, rcfg, cfg, schedule, optimizer, trainable, epoch, gen, shard=shard)
+        if main:
+            tracking.log_metrics(last, step=epoch + 1)
         bar.set_postfix(reward=f"{last['reward/total_mean']:.4f}", loss=f"{last['train/loss']:.4f}")
         for k, v in last.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"stage2 epoch {epoch}: {k} = {v}")
         done_epochs = epoch + 1
-        if cfg.eval_every and done_epochs % cfg.eval_every == 0 and done_epochs < cfg.epochs:
+        if main and cfg.eval_every and done_epochs % cfg.eval_every == 0 and done_epochs < cfg.epochs:
             metrics, now = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT)
             extra["curve"].append({"epoch": done_epochs, **metrics})
             tracking.log_metrics(metrics, step=done_epochs)
             if before_imgs is not None:
                 tracking.log_artifact(write_grid(grids / f"epoch-{done_epochs:06d}.png", held, before_imgs, now,
                                                  cfg.grid_samples), VALIDATION_DIR)
-        if cfg.checkpoint_every and done_epochs % cfg.checkpoint_every == 0:
+        if main and cfg.checkpoint_every and done_epochs % cfg.checkpoint_every == 0:
             save_ckpt(done_epochs)
+
+    if not main:  # rank 0 evaluates and writes the result; the others wait for its summary
+        distributed.barrier()
+        return distributed.broadcast(None)
 
     # ---- after
     after, now = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT)
@@ -476,7 +513,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     spread_before = _spread_from(extra["spread_before"]) if extra["spread_before"] else None
 
     summary: dict[str, Any] = {
-        "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": str(device),
+        "stage": "2", "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": str(device),
         "lora_modules": len(wrapped), "lora_params": sum(p.numel() for p in trainable),
         "heldout_size": n_held, "heldout_reward_before": extra["before"]["heldout/reward_total"],
         "heldout_reward_after": after["heldout/reward_total"],
@@ -513,7 +550,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     for name in (DETERMINISM_FILE, BOXPLOT_FILE):
         if (out / name).is_file():
             tracking.log_artifact(out / name, "determinism")
-    return summary
+    distributed.barrier()
+    return distributed.broadcast(summary)
 
 
 def restore_heldout_all(model: PrefRestoreModel, batch: Batch, cfg: Stage2Config, schedule: FlowSchedule,

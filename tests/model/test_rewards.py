@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from prefrestore import rewards
 from prefrestore.config import ConfigError, load
+from prefrestore.metrics import face, preference
 from prefrestore.rewards import RewardsConfig, build_scorers, score_all, total_reward
 from prefrestore.weights import MissingWeights
 
@@ -122,32 +123,30 @@ def _tiny_hf_clip():
     return CLIPModel(cfg).eval()
 
 
-def _char_tokenize(texts):
+def _char_tokenize(texts, max_length=None, **kw):
     ids = [[0] + [3 + (ord(c) % 60) for c in t[:10]] + [2] for t in texts]
-    width = max(map(len, ids))
+    width = max_length or max(map(len, ids))
     return {"input_ids": torch.tensor([i + [1] * (width - len(i)) for i in ids]),
             "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}
 
 
-def test_hf_clip_scorer_is_scaled_logit() -> None:
-    """PickScore / CLIP score formula on the real transformers class: logit_scale * cos / divisor."""
+def test_pickscore_and_clip_rewards_are_the_scaled_logit() -> None:
+    """PickScore / CLIP score rewards: the evaluation's scorer (real transformers class), logit_scale * cos / divisor."""
     model = _tiny_hf_clip()
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    scorer = rewards.HFClipScorer(model, _char_tokenize, 32, mean, std, 26.0, "cpu")
+    reward = rewards.text_reward(preference.hf_clip_scorer(model, _char_tokenize, True, torch.device("cpu")), 26.0)
     images, captions = _faces(2, 48), ["a photography of a man", "a photography of a woman"]
-    got = scorer(images, None, captions)
-    pixels = rewards.clip_pixels(images, 32, mean, std)
+    got = reward(images, None, captions)
     with torch.no_grad():
-        out = model(pixel_values=pixels, **_char_tokenize(captions))
-    assert got.shape == (2,)
+        out = model(pixel_values=preference.clip_pixels(images, 32), **_char_tokenize(captions, max_length=32))
+    assert got.shape == (2,) and got.dtype == torch.float32
     assert torch.allclose(got, out.logits_per_image.diagonal() / 26.0, atol=1e-5)
-    assert not torch.allclose(got, scorer(images, None, ["zzz", "qqq"]))  # the text matters
+    assert not torch.allclose(got, reward(images, None, ["zzz", "qqq"]))  # the text matters
     with pytest.raises(ValueError, match="captions"):
-        scorer(images, None, ["one"])
+        reward(images, None, ["one"])
 
 
-def test_open_clip_cosine_scorer() -> None:
-    """HPSv2.1 formula on a tiny open_clip CLIP: cosine of the normalised features, in [-1, 1]."""
+def test_hpsv21_reward_is_the_open_clip_cosine() -> None:
+    """HPSv2.1 reward on a tiny open_clip CLIP: the evaluation's cosine of the normalised features, in [-1, 1]."""
     import open_clip
     from open_clip.model import CLIP
 
@@ -155,18 +154,61 @@ def test_open_clip_cosine_scorer() -> None:
     model = CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, head_width=16, patch_size=8),
                  text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
     tok = open_clip.get_tokenizer("ViT-H-14")  # BPE vocab ships with the package: offline
-    scorer = rewards.OpenClipCosineScorer(model, tok, 32, "cpu")
+    reward = rewards.text_reward(preference.open_clip_scorer(model, tok, torch.device("cpu")), 1.0)
     images = _faces(2, 40)
-    got = scorer(images, None, ["a photography of a man", "a photography of a child"])
+    got = reward(images, None, ["a photography of a man", "a photography of a child"])
     with torch.no_grad():
-        img = model.encode_image(rewards.clip_pixels(images, 32, rewards.OPENAI_MEAN, rewards.OPENAI_STD))
+        img = model.encode_image(preference.clip_pixels(images, 32))
         txt = model.encode_text(tok(["a photography of a man", "a photography of a child"]))
-    expected = F.cosine_similarity(img, txt, dim=-1)
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got, F.cosine_similarity(img, txt, dim=-1), atol=1e-5)
     assert bool((got.abs() <= 1).all())
 
 
 def test_clip_pixels_resize_crop_normalise() -> None:
     x = torch.full((1, 3, 40, 60), 0.5)
-    out = rewards.clip_pixels(x, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    out = preference.clip_pixels(x, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert out.shape == (1, 3, 32, 32) and torch.allclose(out, torch.zeros_like(out), atol=1e-5)
+
+
+def test_preference_rewards_share_the_evaluation_weight_files() -> None:
+    """One location per file: the rewards declare the Table VIII / face metrics' files, not copies of their own."""
+    pairs = [(rewards.PICKSCORE_WEIGHTS, (preference.PICKSCORE_W, preference.PICKSCORE_TOKENIZER_W)),
+             (rewards.CLIP_WEIGHTS, (preference.CLIP_L14_W,)), (rewards.HPS_WEIGHTS, (preference.HPSV21_W,)),
+             (rewards.LMD_WEIGHTS, (face.AWING_W,)), (rewards.ARCFACE_WEIGHTS, (face.ARCFACE_W,))]
+    for mine, theirs in pairs:
+        assert [(w.root, w.relpath) for w in mine] == [(w.root, w.relpath) for w in theirs]
+        assert all(w.used_by.startswith("reward ") for w in mine)
+
+
+def test_lmd_reward_uses_the_evaluation_lmd(monkeypatch, tmp_path) -> None:
+    """1 / (1 + LMD / lmd_scale_px) with LMD exactly the evaluation metric's (AWing landmarks at 512 px)."""
+    from facexlib.alignment.awing_arch import FAN
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    staged = tmp_path / face.AWING_W.relpath
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"stand-in")  # present for require(); the loader below returns a tiny random FAN
+    torch.manual_seed(0)
+    fan = FAN(num_modules=1, num_landmarks=98, device="cpu").eval()
+    monkeypatch.setattr(face, "load_awing_fan", lambda device: fan)
+    cfg = load("paper").section("rewards", RewardsConfig)
+    reward = rewards.lmd_reward(cfg, "cpu")
+    hq = _faces(2, 64, seed=1)
+    restored = hq.flip(-1)
+    lmd = face.lmd_scorer(fan, rewards.LMD_RESOLUTION, torch.device("cpu")).update(restored, hq, None)
+    assert torch.allclose(reward(restored, hq, []), (1.0 / (1.0 + lmd / cfg.lmd_scale_px)).float())
+    assert torch.equal(reward(hq, hq, []), torch.ones(2))
+
+
+def test_arcface_reward_is_the_cosine_of_the_evaluation_deg(monkeypatch) -> None:
+    """ArcFace reward = cos(Deg) of the evaluation metric: same network, same 128 px grey input."""
+    torch.manual_seed(0)
+    net = face.ResNetFace().eval()
+    monkeypatch.setattr(face, "load_arcface", lambda device: net)
+    reward = rewards.arcface_reward(load("paper").section("rewards", RewardsConfig), "cpu")
+    hq = _faces(2, 64, seed=2)
+    restored = (hq + 0.2 * torch.randn_like(hq)).clamp(0, 1)
+    deg = face.deg_scorer(net, rewards.ARCFACE_SIZE, torch.device("cpu")).update(restored, hq, None)
+    got = reward(restored, hq, [])
+    assert torch.allclose(got.double(), torch.cos(deg.double() * torch.pi / 180.0), atol=1e-5)
+    assert torch.allclose(reward(hq, hq, []), torch.ones(2), atol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefrestore import lora, train_stage2
+from prefrestore import eval_report, lora, train_stage2
 from prefrestore.config import load
 from prefrestore.degrade import DegradeConfig
 from prefrestore.degrade_torch import OnTheFlyPairs
@@ -143,6 +143,7 @@ def test_run_writes_a_loadable_model_and_logs(finished_run, inputs: dict[str, Pa
         assert isinstance(summary[key], float) and torch.isfinite(torch.tensor(summary[key])), key
     assert [c["epoch"] for c in summary["curve"]] == [0, 1, 2]
     assert json.loads((out / "metrics.json").read_text())["fingerprint"] == summary["fingerprint"]
+    assert summary["stage"] == "2" and eval_report.variant_of(out) == "quality"  # the evaluate step's variant tag
     for f in ("lora/adapter_model.safetensors", "lora/old_adapter.safetensors", "lora/adapter_config.json",
               "determinism.json", "determinism_boxplot.png", "inference.json", "validation/epoch-000002.png"):
         assert (out / f).is_file(), f
