@@ -52,7 +52,32 @@ def _add_step_parser(sub: Any, step: steps.Step) -> None:
                    help="override one params value for this run (YAML syntax); unknown keys are errors")
     if step.name == "ingest":
         p.add_argument("--source", help="folder:<path>, hf:<dataset> or synthetic (overrides ingest.source)")
+    if step.name in RESUMABLE:
+        p.add_argument("--resume", action="store_true",
+                       help="require a run to continue: a sound checkpoint (or the finished model) in --out; "
+                            "without the flag a run still resumes from one when it is there")
     p.set_defaults(handler=_run_step, step=step)
+
+
+RESUMABLE = ("stage1_1", "stage1_2", "stage2")  # the steps that checkpoint into <out>/checkpoints
+
+
+def _check_resume(out: Path) -> None:
+    """``--resume``: fail before any work when ``out`` holds nothing to continue from."""
+    from prefrestore import checkpoint
+    from prefrestore.train_common import CHECKPOINTS, METRICS_FILE
+
+    if (out / METRICS_FILE).is_file() and (out / "config.json").is_file():
+        return  # a finished run: the step checks its fingerprint and returns its summary
+    found = checkpoint.list_checkpoints(out / CHECKPOINTS)
+    for path in reversed(found):
+        try:
+            checkpoint.verify(path)
+            return
+        except checkpoint.CorruptCheckpoint as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+    what = f"{len(found)} checkpoint(s), none sound" if found else "no checkpoint"
+    raise SystemExit(f"error: --resume: {out / CHECKPOINTS} holds {what}; drop --resume to start a new run")
 
 
 def _run_step(args: argparse.Namespace) -> int:
@@ -68,6 +93,8 @@ def _run_step(args: argparse.Namespace) -> int:
         inputs = steps.check_inputs(step, {k: Path(v) for k, v in _parse_kv(args.inputs, "--in").items()})
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    if getattr(args, "resume", False):
+        _check_resume(args.out)
     summary = steps.execute(step, params, inputs, args.out)
     from prefrestore import distributed
 

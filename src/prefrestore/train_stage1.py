@@ -7,9 +7,11 @@ Stage 1.1, semantic-to-diffusion alignment (Eq. 10): ``L = L_CE + alpha L_diff``
   the frozen SANA, so L_diff's gradient flows through SANA back into the connector and the AR.
 
 Stage 1.2, texture-to-diffusion alignment (Eq. 11): ``L = L_diff + beta mean((E_frozen(HQ) - E(LQ))^2)``.
-- Trains SANA's transformer blocks, the vae_connector and the VAE encoder.
+- Trains SANA's transformer blocks, the vae_connector and the VAE encoder (plus SANA's
+  ``patch_embed`` when z_low is channel-concatenated: it is then z_low's input projection).
 - The AR is frozen: its condition is computed without gradient.
-- z_low = E(LQ) enters SANA as extra cross-attention tokens (``model.lq_condition``).
+- z_low = E(LQ) enters SANA as extra cross-attention tokens or concatenated to the noisy latent
+  (``model.lq_condition``).
 - The diffusion target and Eq. 11's target use a frozen copy of the starting encoder. That copy is
   neither saved in checkpoints nor in the output model (SPEC §3).
 

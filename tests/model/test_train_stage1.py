@@ -227,3 +227,28 @@ def test_checkpoint_of_other_settings_is_refused(params, inputs, tmp_path):
     other = params.with_overrides({"stage1_1.alpha": 0.5})
     with pytest.raises(RuntimeError, match="different settings or inputs"):
         train("stage1_1", other, inputs, out)
+
+
+def test_cli_resume_flag_requires_something_to_continue(params, inputs, tmp_path):
+    """``--resume`` fails before any work on an empty or corrupt --out, and continues a killed run."""
+    from prefrestore import cli
+
+    argv = ["stage1_1", "--profile", "tiny", *[f"--in={k}={v}" for k, v in inputs.items()],
+            *[f"--set={k}={v}" for k, v in FAST.items() if k.startswith(("stage1_1.", "restore."))]]
+    out = tmp_path / "s11"
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        cli.main([*argv, "--out", str(out), "--resume"])
+    assert not out.exists()
+    train("stage1_1", params, inputs, out, stop_after=2)  # a run killed after 2 of 4 steps
+    ck = checkpoint.list_checkpoints(out / CHECKPOINTS)
+    assert len(ck) == 1
+    assert cli.main([*argv, "--out", str(out), "--resume"]) == 0
+    assert (out / "config.json").is_file()
+    assert checkpoint.list_checkpoints(out / CHECKPOINTS)[-1].name != ck[0].name  # it went on to step 4
+    broken = tmp_path / "broken"
+    train("stage1_1", params, inputs, broken, stop_after=2)
+    only = checkpoint.list_checkpoints(broken / CHECKPOINTS)[0]
+    target = next(p for p in only.iterdir() if p.suffix == ".safetensors")
+    target.write_bytes(target.read_bytes()[:-8])  # truncated: the checksum no longer holds
+    with pytest.raises(SystemExit, match="none sound"):
+        cli.main([*argv, "--out", str(broken), "--resume"])
