@@ -26,6 +26,7 @@ differ per CPU family) and libjpeg versions can move a pixel by one level across
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Mapping
@@ -158,21 +159,29 @@ def kernel_radius(p: DegradeParams, cfg: DegradeConfig) -> int:
     return max(1, math.ceil(cfg.kernel_truncate * max(p.sigma_x, p.sigma_y)))
 
 
+@functools.lru_cache(maxsize=64)
+def _offset_grids(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x^2``, ``2 x y`` and ``y^2`` on the grid ``[-radius, radius]^2`` (x: column, y: row offset)."""
+    axis = np.arange(-radius, radius + 1, dtype=np.float64)
+    xx, yy = np.meshgrid(axis, axis)
+    grids = (xx**2, 2.0 * xx * yy, yy**2)
+    for grid in grids:
+        grid.setflags(write=False)
+    return grids
+
+
 def gaussian_kernel(p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:
     """The 2-D blur kernel ``k_sigma`` (float64, sums to 1), rows = vertical offsets.
 
     Bivariate Gaussian with covariance ``Rot(theta) diag(sigma_x^2, sigma_y^2) Rot(theta)^T`` on the
-    integer grid ``[-radius, radius]^2``, truncated there and renormalised.
+    integer grid ``[-radius, radius]^2``, truncated there and renormalised. The inverse covariance
+    is ``Rot(theta) diag(sigma_x^-2, sigma_y^-2) Rot(theta)^T``, written out.
     """
-    radius = kernel_radius(p, cfg)
-    axis = np.arange(-radius, radius + 1, dtype=np.float64)
-    xx, yy = np.meshgrid(axis, axis)  # xx: horizontal offset (column), yy: vertical offset (row)
     c, s = math.cos(p.theta), math.sin(p.theta)
-    rot = np.array([[c, -s], [s, c]])
-    cov = rot @ np.diag([p.sigma_x**2, p.sigma_y**2]) @ rot.T
-    inv = np.linalg.inv(cov)
-    quad = inv[0, 0] * xx**2 + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy**2
-    kernel = np.exp(-0.5 * quad)
+    ax, ay = p.sigma_x**-2, p.sigma_y**-2
+    i00, i01, i11 = c * c * ax + s * s * ay, c * s * (ax - ay), s * s * ax + c * c * ay  # inverse covariance
+    xx2, xy2, yy2 = _offset_grids(kernel_radius(p, cfg))
+    kernel = np.exp(-0.5 * (i00 * xx2 + i01 * xy2 + i11 * yy2))
     return kernel / kernel.sum()
 
 

@@ -2,6 +2,8 @@
 
 Ground truth: ``pre_jpeg_reference`` = ``cv2.filter2D`` (41x41 or adaptive kernel, reflect-101) over the
 whole image, then ``cv2.resize``, noise, clip. Same drawn params; max abs diff <= 1/255 before JPEG.
+Each shortcut of degrade_fast.py is also proved on its own: banded operator storage, block sizes,
+channel-planar rows, the rank search and the closed-form kernel.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from prefrestore.degrade import (
     degrade_reference,
     draw_params,
     gaussian_kernel,
+    kernel_factors,
+    kernel_radius,
+    lq_size,
     pre_jpeg,
     pre_jpeg_reference,
 )
 
 TOL = 1.0 / 255.0
-
-
+FLOAT_TOL = 1e-5  # float32 rounding plus SEPARABLE_TOL: what every shortcut must stay within
 
 
 def _cfg(profile: str, **changes) -> DegradeConfig:
@@ -90,7 +94,7 @@ def test_resize_matrix_is_opencv_resize(interp: str, n_in: int, n_out: int) -> N
     ry, rx = degrade_fast.resize_matrix(n_in, n_out, interp), degrade_fast.resize_matrix(n_in, n_out + 1, interp)
     want = cv2.resize(x, (n_out + 1, n_out), interpolation=degrade_fast.INTERPOLATION[interp])
     got = np.stack([ry @ x[..., c] @ rx.T for c in range(3)], axis=2)
-    assert np.abs(got - want).max() < 1e-4  # float32 rounding inside OpenCV
+    assert np.abs(got - want).max() < 1e-6  # the float32 weights exactly; float32 rounding inside OpenCV
 
 
 def test_separable_factors_meet_tolerance() -> None:
@@ -102,6 +106,105 @@ def test_separable_factors_meet_tolerance() -> None:
         assert np.abs(k - np.einsum("si,sj->ij", v, h)).sum() <= degrade_fast.SEPARABLE_TOL
         if theta == 0.0:
             assert len(v) == 1  # axis-aligned Gaussians are exactly separable
+
+
+@pytest.mark.parametrize(("profile", "changes"), [
+    ("released", {"aniso_prob": 1.0}),
+    ("tiny", {"aniso_prob": 1.0}),  # adaptive kernel sizes
+])
+def test_rank_search_finds_the_fewest_terms(profile: str, changes: dict) -> None:
+    """Starting the search at the Frobenius bound skips only ranks that cannot pass: same rank as from 1."""
+    cfg = _cfg(profile, **changes)
+    rng = np.random.default_rng(4)
+    for _ in range(25):
+        k = gaussian_kernel(draw_params(rng, cfg), cfg)
+        u, s, vt = np.linalg.svd(k)
+        fewest = next(r for r in range(1, len(s) + 1)
+                      if np.abs(k - (u[:, :r] * s[:r]) @ vt[:r]).sum() <= degrade_fast.SEPARABLE_TOL)
+        v, h = degrade_fast.separable_factors(k)
+        assert len(v) == fewest
+        assert np.abs(k - v.T @ h).sum() <= degrade_fast.SEPARABLE_TOL
+
+
+def test_gaussian_kernel_closed_form_inverse() -> None:
+    """The written-out inverse covariance equals inverting Rot diag(sx^2, sy^2) Rot^T; kernels are point-symmetric."""
+    cfg = _cfg("released", aniso_prob=1.0)
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        p = draw_params(rng, cfg)
+        radius = kernel_radius(p, cfg)
+        axis = np.arange(-radius, radius + 1, dtype=np.float64)
+        xx, yy = np.meshgrid(axis, axis)
+        c, s = np.cos(p.theta), np.sin(p.theta)
+        rot = np.array([[c, -s], [s, c]])
+        inv = np.linalg.inv(rot @ np.diag([p.sigma_x**2, p.sigma_y**2]) @ rot.T)
+        want = np.exp(-0.5 * (inv[0, 0] * xx**2 + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy**2))
+        k = gaussian_kernel(p, cfg)
+        assert np.abs(k - want / want.sum()).max() <= 1e-12 * k.max()
+        assert np.array_equal(k, k[::-1, ::-1])
+
+
+@pytest.mark.parametrize("interp", ["linear", "area", "cubic"])
+@pytest.mark.parametrize(("size_in", "size_out", "length"), [
+    (512, 17, 41), (512, 70, 41), (512, 341, 41), (512, 512, 41), (64, 13, 19), (96, 48, 121), (5, 2, 7),
+])
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_band_operators_are_the_dense_operator(interp: str, size_in: int, size_out: int, length: int,
+                                               block: int) -> None:
+    """Banded storage (start, span per block of output rows) holds exactly the weights of R @ C."""
+    kernels = np.random.default_rng(length).random((2, length))
+    ops, start, span = degrade_fast.band_operators(kernels, size_in, size_out, interp, block)
+    assert ops.shape == (len(start), block, span, 2) and span <= size_in
+    assert start.min() >= 0 and start.max() + span <= size_in
+    for s, kernel in enumerate(kernels):
+        dense = np.zeros((len(start) * block, size_in))
+        for k, lo in enumerate(start):
+            dense[k * block : (k + 1) * block, lo : lo + span] = ops[k, :, :, s]
+        assert not dense[size_out:].any()  # padding rows of the last block
+        want = degrade_fast.blur_resize_operator(kernel, size_in, size_out, interp)
+        assert np.abs(dense[:size_out] - want).max() <= 1e-12
+
+
+def _direct(img: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:
+    """Blur + downsample as pre_jpeg_reference computes it (no noise)."""
+    kernel = gaussian_kernel(p, cfg).astype(np.float32)
+    blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    h, w = lq_size(*img.shape[:2], p, cfg)
+    return cv2.resize(blurred, (w, h), interpolation=degrade_fast.INTERPOLATION[cfg.down_interp])
+
+
+@pytest.mark.parametrize("block", [1, 2, 8, 32])
+@pytest.mark.parametrize("interp", ["linear", "area", "cubic"])
+def test_every_block_size_gives_the_direct_result(block: int, interp: str, monkeypatch) -> None:
+    """block_rows is a speed choice only: any block size, in either pass, gives the same result."""
+    monkeypatch.setattr(degrade_fast, "block_rows", lambda ratio, rank, first_pass: block)
+    cfg = _cfg("released", down_interp=interp, up_interp=interp)
+    img = face_like(160, seed=3)
+    for p in (
+        DegradeParams("iso", 4.0, 4.0, 0.0, 1.3, 0.0, 50, 0, False),  # rank 1: interleaved rows
+        DegradeParams("iso", 9.0, 9.0, 0.0, 7.5, 0.0, 50, 0, False),
+        DegradeParams("aniso", 8.0, 2.0, 0.6, 1.7, 0.0, 50, 0, False),  # rank > 1: channel-planar rows
+        DegradeParams("aniso", 12.0, 3.0, -2.2, 9.0, 0.0, 50, 0, False),
+    ):
+        v, h = kernel_factors(p, cfg)
+        assert (len(v) > 1) == (p.kernel == "aniso")
+        got = degrade_fast.blur_downsample(img, v, h, lq_size(160, 160, p, cfg), interp)
+        assert np.abs(got - _direct(img, p, cfg)).max() <= FLOAT_TOL
+
+
+def test_fast_path_is_exact_to_float_tolerance_at_512() -> None:
+    """Both presets at full size, rank terms and block sizes as drawn: float rounding, not one grey level."""
+    img = face_like(512, seed=8)
+    for profile in ("paper", "released"):
+        cfg = _cfg(profile)
+        rng = np.random.default_rng(21)
+        worst = 0.0
+        for _ in range(8):
+            p = dataclasses.replace(draw_params(rng, cfg), self_rec=False)
+            v, h = kernel_factors(p, cfg)
+            got = degrade_fast.blur_downsample(img, v, h, lq_size(512, 512, p, cfg), cfg.down_interp)
+            worst = max(worst, float(np.abs(got - _direct(img, p, cfg)).max()))
+        assert worst <= FLOAT_TOL, profile
 
 
 def test_reflect101_matches_opencv() -> None:
