@@ -207,7 +207,8 @@ def test_dockerfile_is_pinned_non_root_with_pipeline_extra() -> None:
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert users[-1].split(":")[0] == "1000"  # = pipelines/placement.py UID
-    assert re.search(r'pip install -e "\.\[pipeline[^\]]*\]"', text)
+    extras = re.search(r'pip install -e "\.\[([^\]]*)\]"', text).group(1).split(",")
+    assert {"pipeline", "dist", "dreamsim"} <= set(extras)  # DreamSim is a semantic metric of the evaluate step
     assert re.search(r'^ENTRYPOINT \["prefrestore"\]', text, re.M)
     assert "torch==2.14.1" in text  # same pin as the Makefile
     for spec in re.findall(r'"([a-zA-Z0-9_.-]+[=<>~][^"]*)"', text):  # extra packages: exact pins
