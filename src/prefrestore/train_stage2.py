@@ -435,23 +435,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
 
     ckpt_dir = out / CHECKPOINTS
     grids = out / VALIDATION_DIR
-    path, report = distributed.broadcast(checkpoint.latest(ckpt_dir) if main else None)  # rank 0 looks and cleans
-    for line in report if main else []:
-        log.warning("stage2: %s", line)
-    start, extra = 0, {}
-    if path is not None:
-        ck = checkpoint.load(path)
-        if ck.fingerprint != fp:
-            raise RuntimeError(f"stage2: checkpoint {path} was written for different settings or inputs "
-                               f"(fingerprint {ck.fingerprint} != {fp}); delete {ckpt_dir} to start over")
-        _load_trainable(model, ck.trainable)
-        optimizer.load_state_dict(ck.optimizer)
-        checkpoint.set_rng_state(checkpoint.load_rng(path, 0))
-        start, extra = int(ck.data["epoch"]), dict(ck.extra)
-        if start > cfg.epochs:
-            raise ValueError(f"stage2: checkpoint {path} is at epoch {start}, past stage2.epochs={cfg.epochs}; "
-                             f"raise epochs or delete {ckpt_dir}")
-        log.info("stage2: resuming from %s (epoch %d)", path, start)
+    start, extra, report = _resume(ckpt_dir, fp, model, optimizer, cfg.epochs, main)
 
     # ---- before: the stage-1 model (adapters disabled), computed once and kept in the checkpoints
     before_imgs = None
@@ -527,13 +511,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     if spread_before is not None and spread_after is not None:
         summary["median_std_before"] = spread_before.median[SUM]
         summary["median_std_after"] = spread_after.median[SUM]
-        det = {"determinism/median_std_before": spread_before.median[SUM],
-               "determinism/median_std_after": spread_after.median[SUM]}
-        for name in spread_after.median:
-            if name != SUM:
-                det[f"determinism/{name}_median_std_before"] = spread_before.median[name]
-                det[f"determinism/{name}_median_std_after"] = spread_after.median[name]
-        tracking.log_metrics(det)
+        tracking.log_metrics(_spread_metrics(spread_before, spread_after))
 
     def save_model(tmp: Path) -> None:
         adapters = {name: lora.adapter_state(model.transformer, name) for name in (lora.CURRENT, lora.OLD)}
@@ -552,6 +530,43 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
             tracking.log_artifact(out / name, "determinism")
     distributed.barrier()
     return distributed.broadcast(summary)
+
+
+def _resume(ckpt_dir: Path, fp: str, model: PrefRestoreModel, optimizer: torch.optim.Optimizer, epochs: int,
+            main: bool) -> tuple[int, dict[str, Any], list[str]]:
+    """Load the newest sound checkpoint of this run, if any: ``(start epoch, extra state, report)``.
+
+    Rank 0 looks (and removes partial saves); every rank loads the same checkpoint. A checkpoint of
+    other settings or inputs, or one past ``epochs``, is an error rather than a silent fresh start.
+    """
+    path, report = distributed.broadcast(checkpoint.latest(ckpt_dir) if main else None)
+    for line in report if main else []:
+        log.warning("stage2: %s", line)
+    if path is None:
+        return 0, {}, report
+    ck = checkpoint.load(path)
+    if ck.fingerprint != fp:
+        raise RuntimeError(f"stage2: checkpoint {path} was written for different settings or inputs "
+                           f"(fingerprint {ck.fingerprint} != {fp}); delete {ckpt_dir} to start over")
+    _load_trainable(model, ck.trainable)
+    optimizer.load_state_dict(ck.optimizer)
+    checkpoint.set_rng_state(checkpoint.load_rng(path, 0))
+    start = int(ck.data["epoch"])
+    if start > epochs:
+        raise ValueError(f"stage2: checkpoint {path} is at epoch {start}, past stage2.epochs={epochs}; "
+                         f"raise epochs or delete {ckpt_dir}")
+    log.info("stage2: resuming from %s (epoch %d)", path, start)
+    return start, dict(ck.extra), report
+
+
+def _spread_metrics(before: SeedSpread, after: SeedSpread) -> dict[str, float]:
+    """Fig. 8 medians of the per-image std across seeds, before and after, as MLflow metrics."""
+    det = {"determinism/median_std_before": before.median[SUM], "determinism/median_std_after": after.median[SUM]}
+    for name in after.median:
+        if name != SUM:
+            det[f"determinism/{name}_median_std_before"] = before.median[name]
+            det[f"determinism/{name}_median_std_after"] = after.median[name]
+    return det
 
 
 def restore_heldout_all(model: PrefRestoreModel, batch: Batch, cfg: Stage2Config, schedule: FlowSchedule,
