@@ -154,6 +154,13 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     accum = cfg.accumulation(world_size())
     plugin = None
     if cfg.deepspeed != "none":
+        if "LOCAL_RANK" not in os.environ:
+            raise RuntimeError(f"deepspeed: {cfg.deepspeed} needs a launcher that sets the process-group "
+                               "environment: run the step under `torchrun --nproc_per_node N` (N = 1 is fine)")
+        if not cuda and world_size() > 1:
+            # accelerate starts no process group for DeepSpeed without GPUs: each rank would train alone
+            raise RuntimeError(f"deepspeed: {cfg.deepspeed} over {world_size()} CPU processes is not supported; "
+                               "use deepspeed: none (DDP over gloo) for multi-process CPU runs")
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
@@ -172,8 +179,10 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     # gradient in some micro-batch; DDP must not hang on it.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     group = InitProcessGroupKwargs(timeout=distributed.TIMEOUT)  # ranks wait while rank 0 validates
+    # cpu=True would make accelerate drop the DeepSpeed plugin without a word; without it, DeepSpeed
+    # runs on its own CPU accelerator when there is no GPU (tests/model/test_deepspeed.py)
     return Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=accum,
-                       deepspeed_plugin=plugin, cpu=not cuda, kwargs_handlers=[ddp, group])
+                       deepspeed_plugin=plugin, cpu=not cuda and plugin is None, kwargs_handlers=[ddp, group])
 
 
 def peak_memory_mb(device: torch.device) -> float:
