@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from prefrestore import tracking
+from prefrestore import distributed, tracking
 from prefrestore.atomic import write_json
 from prefrestore.config import Params, as_dict, check_range
 from prefrestore.flow import FlowSchedule
@@ -103,6 +103,9 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
     done = finished(out, fp)
     if done is not None:
         return done
+    if distributed.world_size() > 1:  # every rank would train its own stage 0 and write the same out
+        raise RuntimeError(f"bootstrap runs in one process (it is minutes on a CPU); launched with "
+                           f"{distributed.world_size()} processes: run it without torchrun")
     t0 = time.perf_counter()
     if mcfg.init == "pretrained":
         log.info("bootstrap: model.init=pretrained -> assembling the base model from the local store (no training)")

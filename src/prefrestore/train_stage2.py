@@ -497,7 +497,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     spread_before = _spread_from(extra["spread_before"]) if extra["spread_before"] else None
 
     summary: dict[str, Any] = {
-        "stage": "2", "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": str(device),
+        "stage": "2", "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": device.type,
         "lora_modules": len(wrapped), "lora_params": sum(p.numel() for p in trainable),
         "heldout_size": n_held, "heldout_reward_before": extra["before"]["heldout/reward_total"],
         "heldout_reward_after": after["heldout/reward_total"],

@@ -65,3 +65,11 @@ def test_paper_profile_assembles_and_fails_clearly_without_weights(tiny_faces, c
     with pytest.raises(MissingWeights, match="Stage it from"):
         run(load("paper"), {"faces": tiny_faces, "captions": captions}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_stage0_refuses_several_processes(tiny_faces, captions, tmp_path, monkeypatch):
+    """Under torchrun every rank would train its own stage 0 into the same folder: a clear error instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="one process"):
+        run(load("tiny"), {"faces": tiny_faces, "captions": captions}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
