@@ -97,25 +97,26 @@ def _last_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @needs_deepspeed
-def test_zero1_on_cpu_equals_plain_adamw_and_resumes_exactly(inputs, tmp_path: Path) -> None:
-    """One process: ZeRO-1 is AdamW with its state in DeepSpeed's engine, so the weights match the
+@pytest.mark.parametrize("zero", ["zero1", "zero2"])
+def test_zero_on_cpu_equals_plain_adamw_and_resumes_exactly(inputs, tmp_path: Path, zero: str) -> None:
+    """One process: ZeRO is AdamW with its state in DeepSpeed's engine, so the weights match the
     plain run; a run stopped after 2 of 4 steps resumes from the sharded checkpoint to the same weights."""
     plain = train("stage1_2", load("tiny").with_overrides(FAST), inputs, tmp_path / "plain")
-    zero = {**FAST, "stage1_2.deepspeed": "zero1"}
-    full = _torchrun(tmp_path, inputs, tmp_path / "zero1", zero)
-    ck = checkpoint.list_checkpoints(tmp_path / "zero1" / CHECKPOINTS)[-1]
+    sets = {**FAST, "stage1_2.deepspeed": zero}
+    full = _torchrun(tmp_path, inputs, tmp_path / zero, sets)
+    ck = checkpoint.list_checkpoints(tmp_path / zero / CHECKPOINTS)[-1]
     assert (ck / checkpoint.ACCELERATE_DIR).is_dir()  # DeepSpeed's engine state, in the checksummed checkpoint
     assert not (ck / checkpoint.OPTIMIZER).exists()
     checkpoint.verify(ck)
-    a, b = _last_weights(tmp_path / "plain"), _last_weights(tmp_path / "zero1")
+    a, b = _last_weights(tmp_path / "plain"), _last_weights(tmp_path / zero)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     assert full["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-5)
 
-    part = _torchrun(tmp_path, inputs, tmp_path / "resumed", zero, stop=2)
+    part = _torchrun(tmp_path, inputs, tmp_path / "resumed", sets, stop=2)
     assert part["stopped_early"] and part["steps"] == 2
-    resumed = _torchrun(tmp_path, inputs, tmp_path / "resumed", zero)
+    resumed = _torchrun(tmp_path, inputs, tmp_path / "resumed", sets)
     assert resumed["resumed_from"] == 2 and resumed["steps"] == 4
     c = _last_weights(tmp_path / "resumed")
     for k in b:
