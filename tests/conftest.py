@@ -82,6 +82,24 @@ def tiny_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_train_inputs(tiny_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``faces``, ``captions`` (attribute captioner) and a random-init tiny ``base`` model (seed 0):
+    the inputs of a training step, made once per session. Read-only, like ``tiny_faces``."""
+    import torch
+
+    from prefrestore import caption
+    from prefrestore.config import load
+    from prefrestore.model.config import ModelConfig
+    from prefrestore.model.model import PrefRestoreModel
+
+    root = tmp_path_factory.mktemp("train_inputs")
+    caption.run(load("tiny"), {"faces": tiny_faces}, root / "captions")
+    torch.manual_seed(0)
+    PrefRestoreModel.build(load("tiny").section("model", ModelConfig), "").save_pretrained(root / "base")
+    return {"faces": tiny_faces, "captions": root / "captions", "base": root / "base"}
+
+
+@pytest.fixture(scope="session")
 def mlflow_pg_server(tmp_path_factory: pytest.TempPathFactory):
     """Tracking URI of a real ``mlflow server`` on 127.0.0.1 backed by a fresh PostgreSQL database.
 

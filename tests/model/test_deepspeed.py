@@ -21,8 +21,6 @@ from safetensors.torch import load_file
 
 from prefrestore import checkpoint
 from prefrestore.config import load
-from prefrestore.model.config import ModelConfig
-from prefrestore.model.model import PrefRestoreModel
 from prefrestore.train_common import CHECKPOINTS, load_train_config, make_accelerator
 from prefrestore.train_stage1 import Stage12Config, train
 
@@ -70,14 +68,8 @@ def test_deepspeed_over_several_cpu_processes_is_refused(monkeypatch: pytest.Mon
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from prefrestore import caption
-
-    root = tmp_path_factory.mktemp("ds_inputs")
-    caption.run(load("tiny"), {"faces": tiny_faces}, root / "captions")
-    torch.manual_seed(0)
-    PrefRestoreModel.build(load("tiny").section("model", ModelConfig), "").save_pretrained(root / "base")
-    return {"faces": tiny_faces, "captions": root / "captions", "base": root / "base"}
+def inputs(tiny_train_inputs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_train_inputs
 
 
 def _torchrun(tmp_path: Path, inputs: dict[str, Path], out: Path, sets: dict, stop: int = 0) -> dict:

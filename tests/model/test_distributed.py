@@ -22,8 +22,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefrestore.config import load
-from prefrestore.model.config import ModelConfig
 from prefrestore.model.model import PrefRestoreModel
 
 WORKER = Path(__file__).resolve().parents[1] / "torchrun_worker.py"
@@ -34,14 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from prefrestore import caption
-
-    root = tmp_path_factory.mktemp("ddp_inputs")
-    caption.run(load("tiny"), {"faces": tiny_faces}, root / "captions")
-    torch.manual_seed(0)
-    PrefRestoreModel.build(load("tiny").section("model", ModelConfig), "").save_pretrained(root / "base")
-    return {"faces": tiny_faces, "captions": root / "captions", "base": root / "base"}
+def inputs(tiny_train_inputs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_train_inputs
 
 
 def _argv(step: str, root: Path, inputs: dict[str, Path], sets: dict[str, object]) -> list[str]:
