@@ -69,14 +69,13 @@ def _check_resume(out: Path) -> None:
 
     if (out / METRICS_FILE).is_file() and (out / "config.json").is_file():
         return  # a finished run: the step checks its fingerprint and returns its summary
-    found = checkpoint.list_checkpoints(out / CHECKPOINTS)
-    for path in reversed(found):
-        try:
-            checkpoint.verify(path)
-            return
-        except checkpoint.CorruptCheckpoint as exc:
-            print(f"warning: {exc}", file=sys.stderr)
-    what = f"{len(found)} checkpoint(s), none sound" if found else "no checkpoint"
+    found, report = checkpoint.latest(out / CHECKPOINTS)  # what the step itself will resume from
+    for line in report:
+        print(f"warning: {line}", file=sys.stderr)
+    if found is not None:
+        return
+    n = len(checkpoint.list_checkpoints(out / CHECKPOINTS))
+    what = f"{n} checkpoint(s), none sound" if n else "no checkpoint"
     raise SystemExit(f"error: --resume: {out / CHECKPOINTS} holds {what}; drop --resume to start a new run")
 
 

@@ -20,13 +20,10 @@ import pandas as pd
 from prefrestore import paper_tables
 from prefrestore.metrics import SPECS
 from prefrestore.metrics.base import Unavailable
+from prefrestore.variants import VARIANT_LABELS, variant_of
 
 UNAVAILABLE = "unavailable"
 NOT_MEASURED = "—"
-# SPEC 4: the two registered variants. A model folder's name says which one it is: dvc.yaml
-# evaluates models/stage1_2 (fidelity) and models/stage2 (quality); a release holds <run>/<variant>.
-MODEL_DIR_VARIANTS = {"stage1_2": "fidelity", "fidelity": "fidelity", "stage2": "quality", "quality": "quality"}
-VARIANT_LABELS = {"fidelity": "Pref-Restore Fidelity", "quality": "Pref-Restore Quality"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,25 +37,6 @@ class Table:
 def label(metric: str) -> str:
     spec = SPECS[metric]
     return f"{spec.label}{'↓' if spec.lower_better else '↑'}"
-
-
-STAGE_VARIANTS = {"1.2": "fidelity", "2": "quality"}  # the training summary's "stage" (metrics.json)
-
-
-def variant_of(model_dir: Path) -> str | None:
-    """``fidelity`` or ``quality``: from the model folder's name or, for any other name (a KFP
-    artifact path), from the ``stage`` its training wrote into ``metrics.json``; None for other models."""
-    model_dir = Path(model_dir)
-    if model_dir.name in MODEL_DIR_VARIANTS:
-        return MODEL_DIR_VARIANTS[model_dir.name]
-    summary = model_dir / "metrics.json"
-    if not summary.is_file():
-        return None
-    try:
-        stage = json.loads(summary.read_text(encoding="utf-8")).get("stage")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return STAGE_VARIANTS.get(str(stage))
 
 
 def variant_label(model_dir: Path) -> str:

@@ -39,11 +39,10 @@ from typing import Any
 import pandas as pd
 
 from prefrestore import paper_tables
+from prefrestore.variants import MODEL_DIR_VARIANTS, VARIANT_LABELS
 
 NOT_MEASURED = "—"  # a metric the run did not log
 UNAVAILABLE = "unavailable"  # a metric the run logged as unavailable (weights missing)
-VARIANT_LABELS = {"fidelity": "Pref-Restore Fidelity", "quality": "Pref-Restore Quality"}
-MODEL_DIR_VARIANTS = {"stage1_2": "fidelity", "fidelity": "fidelity", "stage2": "quality", "quality": "quality"}
 STAGE1_STEPS = ("stage1_1", "stage1_2")
 DETERMINISM_ARTIFACT = "determinism/determinism.json"  # train_stage2.DETERMINISM_FILE under "determinism"
 EVAL_ARTIFACT = "evaluate/metrics.json"  # evaluate.run's summary, logged under "evaluate"

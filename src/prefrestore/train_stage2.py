@@ -18,7 +18,7 @@ One epoch = one optimizer step (SPEC §3 "Stage 2 in detail"):
    model (adapters disabled), accumulated over the epoch; AdamW, constant lr, global-norm clipping.
 5. Old adapter <- ``d`` old + ``(1 - d)`` current, ``d = old_policy_decay(step)``.
 
-Held-out monitoring: every ``eval_every`` epochs (and before/after) the reward and PSNR/SSIM to HQ on
+Held-out monitoring (:mod:`prefrestore.stage2_heldout`): every ``eval_every`` epochs (and before/after) the reward and PSNR/SSIM to HQ on
 the test split (Fig. 9; PSNR/SSIM watch for reward hacking, trap 8), with LQ | before | now | HQ grids.
 Fig. 8: per-image std of every reward and of their weighted sum over ``determinism_seeds`` seeds,
 for the stage-1 model (adapters off) and the result; medians logged and box-plotted.
@@ -36,8 +36,6 @@ Resumable: checkpoints (both adapters, AdamW state, RNG, epoch, held-out history
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -45,9 +43,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -56,15 +52,11 @@ from prefrestore.atomic import atomic_path, write_json
 from prefrestore.config import Params, as_dict
 from prefrestore.degrade import DegradeConfig
 from prefrestore.degrade_torch import OnTheFlyPairs
-from prefrestore.determinism import SUM, SeedSpread, seed_spread, spread_boxplot
+from prefrestore.determinism import SUM, spread_boxplot
 from prefrestore.flow import FlowSchedule
-from prefrestore.images import from_tensor, save_png
 from prefrestore.ingest import DataConfig
-from prefrestore.instructions import rollout_instruction
-from prefrestore.metrics.pixel import psnr, ssim
-from prefrestore.model.generator import Condition
 from prefrestore.model.model import PrefRestoreModel
-from prefrestore.model.restore import RestoreConfig, noise_for, save_inference
+from prefrestore.model.restore import RestoreConfig, save_inference
 from prefrestore.nft import (
     Rollouts,
     Stage2Config,
@@ -73,9 +65,18 @@ from prefrestore.nft import (
     nft_train_step,
     old_policy_decay,
 )
-from prefrestore.rewards import RewardsConfig, Scorer, build_scorers, needs_hq, score_all, total_reward
+from prefrestore.rewards import RewardsConfig, Scorer, build_scorers, needs_hq, total_reward
 from prefrestore.rollout_shards import GroupShard
-from prefrestore.samplers import sample
+from prefrestore.stage2_batch import Batch, decode, derive_seed, load_captions, make_batch, policy, score
+from prefrestore.stage2_heldout import (
+    determinism,
+    heldout_eval,
+    restore_heldout_all,
+    spread_from,
+    spread_metrics,
+    spread_summary,
+    write_grid,
+)
 from prefrestore.train_common import CHECKPOINTS, VALIDATION_DIR, finalize, fingerprint, finished
 
 log = logging.getLogger(__name__)
@@ -85,176 +86,6 @@ DETERMINISM_FILE = "determinism.json"
 BOXPLOT_FILE = "determinism_boxplot.png"
 LOOP_ONLY = ("epochs", "eval_every", "checkpoint_every", "checkpoint_keep", "grid_samples")  # not in the fingerprint
 TEXT_REWARDS = ("pickscore", "hpsv21", "clip")
-
-
-# --------------------------------------------------------------------------------------------------
-# Data: faces, captions, cached conditions
-# --------------------------------------------------------------------------------------------------
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and labels (e.g. ``("epoch", 3)``); stable across runs and machines."""
-    h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def load_captions(path: Path) -> dict[str, str]:
-    """``id -> caption`` from the caption step's ``captions.parquet`` (or its folder); flagged ones -> ``""``."""
-    path = Path(path)
-    table = path / "captions.parquet" if path.is_dir() else path
-    if not table.is_file():
-        raise FileNotFoundError(f"no captions.parquet at {path} (run the caption step)")
-    frame = pd.read_parquet(table)
-    missing = sorted({"id", "caption", "valid"} - set(frame.columns))
-    if missing:
-        raise ValueError(f"{table}: missing column(s) {missing}")
-    return {str(i): (str(c) if bool(v) else "") for i, c, v in zip(frame["id"], frame["caption"], frame["valid"],
-                                                                  strict=True)}
-
-
-@dataclasses.dataclass
-class Batch:
-    """Faces with their LQ/HQ images, captions and cached conditions (``cond`` on the model's device)."""
-
-    ids: list[str]
-    lq: torch.Tensor  # [N, 3, H, W] in [0, 1], CPU
-    hq: torch.Tensor  # [N, 3, H, W] in [0, 1], CPU
-    captions: list[str]
-    cond: Condition
-
-    def select(self, group: torch.Tensor) -> Condition:
-        """The cached conditions of rows ``group`` ``[B]`` (long)."""
-        g = group.to(self.cond.tokens.device)
-        lq = None if self.cond.lq_latent is None else self.cond.lq_latent[g]
-        return Condition(self.cond.tokens[g], lq)
-
-
-@torch.no_grad()
-def conditions(model: PrefRestoreModel, lq: torch.Tensor, chunk: int) -> Condition:
-    """The AR + z_low condition of every LQ image, computed once (greedy, fixed rollout prompt; SPEC §3)."""
-    parts = []
-    for start in range(0, lq.shape[0], chunk):
-        x = lq[start:start + chunk].to(model.device)
-        parts.append(model.condition(x, [rollout_instruction()] * x.shape[0], greedy=True))
-    lq_latent = None if parts[0].lq_latent is None else torch.cat([p.lq_latent for p in parts])
-    return Condition(torch.cat([p.tokens for p in parts]), lq_latent)
-
-
-def make_batch(model: PrefRestoreModel, data: OnTheFlyPairs, indices: Sequence[int], captions: Mapping[str, str],
-               chunk: int) -> Batch:
-    items = [data[i] for i in indices]
-    ids = [it["id"] for it in items]
-    lq = torch.stack([it["lq"] for it in items])
-    hq = torch.stack([it["hq"] for it in items])
-    return Batch(ids, lq, hq, [captions.get(i, "") for i in ids], conditions(model, lq, chunk))
-
-
-# --------------------------------------------------------------------------------------------------
-# Policies, sampling and scoring
-# --------------------------------------------------------------------------------------------------
-
-
-def policy(model: PrefRestoreModel, batch: Batch, schedule: FlowSchedule, adapter: str | None,
-           cfg_scale: float = 1.0):
-    """``fn(x, sigma, group) -> v`` of one policy: ``lora.CURRENT``, ``lora.OLD`` or ``None`` (stage 1).
-
-    With ``cfg_scale != 1`` (sampling only) ``v = v_null + s (v_cond - v_null)``, null = zeros (SPEC §2).
-    """
-
-    def fn(x: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        cond = batch.select(group)
-        with lora.use_policy(model.transformer, adapter):
-            v = model.velocity(x, sigma, cond, schedule)
-            if cfg_scale != 1.0:
-                v_null = model.velocity(x, sigma, cond.null(), schedule)
-                v = v_null + cfg_scale * (v - v_null)
-        return v
-
-    return fn
-
-
-@torch.no_grad()
-def decode(model: PrefRestoreModel, z: torch.Tensor, size: tuple[int, int], chunk: int) -> torch.Tensor:
-    """Latents -> images ``[N, 3, *size]`` in [0, 1] on the CPU (resized to the HQ size when needed)."""
-    outs = []
-    for start in range(0, z.shape[0], chunk):
-        img = model.decode(z[start:start + chunk])
-        if img.shape[-2:] != size:
-            img = F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        outs.append(img.float().cpu())
-    return torch.cat(outs)
-
-
-def score(scorers: Mapping[str, Scorer], images: torch.Tensor, batch: Batch, group: torch.Tensor,
-          hq_needed: bool) -> dict[str, torch.Tensor]:
-    """Every active reward of ``images`` (rows belong to ``batch`` rows ``group``)."""
-    g = group.cpu()
-    hq = batch.hq[g] if hq_needed else None
-    return score_all(scorers, images, hq, [batch.captions[i] for i in g.tolist()])
-
-
-@torch.no_grad()
-def restore_heldout(model: PrefRestoreModel, batch: Batch, rows: torch.Tensor, seed: int, adapter: str | None,
-                    cfg: Stage2Config, schedule: FlowSchedule) -> torch.Tensor:
-    """Restore held-out rows with one sampling seed; noise of row ``i`` is seeded ``(seed, i)``."""
-    fn = policy(model, batch, schedule, adapter, cfg.cfg_scale)
-    shape = model.latent_shape(1)[1:]
-    noise = torch.stack([noise_for((1, *shape), derive_seed(seed, "heldout", int(i)), "cpu", torch.float32)[0]
-                         for i in rows.tolist()]).to(model.device)
-    g = rows.to(model.device)
-    z = sample(lambda x, s: fn(x, s, g), noise, schedule.sigmas(cfg.sampler_steps, device=model.device),
-               method=cfg.sampler)
-    return decode(model, z, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
-
-
-def heldout_eval(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
-                 cfg: Stage2Config, schedule: FlowSchedule, seed: int, adapter: str | None
-                 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Mean held-out reward terms, total, PSNR and SSIM over ``eval_seeds`` seeds (Fig. 9).
-
-    Returns the metrics and the first seed's restorations (for the grids).
-    """
-    n = len(batch.ids)
-    sums: dict[str, float] = {}
-    first = None
-    for s in range(cfg.eval_seeds):
-        images = torch.cat([restore_heldout(model, batch, torch.arange(a, min(a + cfg.sample_batch, n)),
-                                            seed + s, adapter, cfg, schedule)
-                            for a in range(0, n, cfg.sample_batch)])
-        first = images if first is None else first
-        scores = score(scorers, images, batch, torch.arange(n), needs_hq(rcfg))
-        terms = {f"heldout/{k}": float(v.mean()) for k, v in scores.items()}
-        terms["heldout/reward_total"] = float(total_reward(scores, rcfg.weights).mean())
-        terms["heldout/psnr"] = float(psnr(images, batch.hq).mean())  # reward-hacking monitors (SPEC §6.8)
-        terms["heldout/ssim"] = float(ssim(images, batch.hq).mean())
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v / cfg.eval_seeds
-    assert first is not None
-    return sums, first
-
-
-def determinism(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
-                cfg: Stage2Config, schedule: FlowSchedule, seed: int, adapter: str | None) -> SeedSpread:
-    """Fig. 8: per-image std over ``determinism_seeds`` seeds of each reward and their weighted sum."""
-    index = torch.arange(len(batch.ids))  # conditions are cached, so the "images" are row indices
-
-    def restore_fn(rows: torch.Tensor, s: int) -> torch.Tensor:
-        return restore_heldout(model, batch, rows, s, adapter, cfg, schedule)
-
-    def score_fn(images: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return score(scorers, images, batch, rows, needs_hq(rcfg))
-
-    seeds = [derive_seed(seed, "determinism", i) % 2**31 for i in range(cfg.determinism_seeds)]
-    return seed_spread(score_fn, restore_fn, index, seeds, weights=rcfg.active(), batch_size=cfg.sample_batch)
-
-
-def write_grid(path: Path, batch: Batch, before: torch.Tensor, now: torch.Tensor, rows: int) -> Path:
-    """A PNG with one row per held-out face: LQ | stage 1 (before) | current | HQ."""
-    k = min(rows, len(batch.ids))
-    cols = [batch.lq[:k], before[:k], now[:k], batch.hq[:k]]
-    grid = torch.cat([torch.cat(list(c), dim=-1) for c in zip(*cols, strict=True)], dim=-2)  # [3, kH, 4W]
-    save_png(path, from_tensor(grid)[0])
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,15 +181,6 @@ def _load_trainable(model: PrefRestoreModel, state: Mapping[str, torch.Tensor]) 
         lora.load_adapter_state(model.transformer, adapter, part)
 
 
-def _spread_summary(spread: SeedSpread | None) -> dict[str, Any] | None:
-    return None if spread is None else spread.as_dict()
-
-
-def _spread_from(data: Mapping[str, Any]) -> SeedSpread:
-    std = {k: torch.tensor(v, dtype=torch.float64) for k, v in data["per_image_std"].items()}
-    return SeedSpread(tuple(data["seeds"]), std, dict(data["median_std"]), dict(data["mean_score"]))
-
-
 def _save_lora(folder: Path, adapters: Mapping[str, Mapping[str, torch.Tensor]], cfg: Stage2Config,
                base: Path) -> None:
     """The adapters alone (safetensors, from :func:`lora.adapter_state`) + their settings."""
@@ -444,7 +266,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
             metrics, _ = heldout_eval(model, held, scorers, rcfg, cfg, schedule, seed, None)
             spread = determinism(model, held, scorers, rcfg, cfg, schedule, seed, None) \
                 if cfg.determinism_seeds else None
-            extra = {"before": metrics, "spread_before": _spread_summary(spread), "curve": [{"epoch": 0, **metrics}]}
+            extra = {"before": metrics, "spread_before": spread_summary(spread), "curve": [{"epoch": 0, **metrics}]}
         tracking.log_metrics({k: v for k, v in extra["curve"][0].items() if k != "epoch"}, step=0)
         before_imgs = restore_heldout_all(model, held, cfg, schedule, seed, None) if cfg.grid_samples else None
 
@@ -494,7 +316,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
                                          cfg.grid_samples), VALIDATION_DIR)
     spread_after = determinism(model, held, scorers, rcfg, cfg, schedule, seed, lora.CURRENT) \
         if cfg.determinism_seeds else None
-    spread_before = _spread_from(extra["spread_before"]) if extra["spread_before"] else None
+    spread_before = spread_from(extra["spread_before"]) if extra["spread_before"] else None
 
     summary: dict[str, Any] = {
         "stage": "2", "fingerprint": fp, "epochs": cfg.epochs, "resumed_from": start, "device": device.type,
@@ -511,7 +333,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
     if spread_before is not None and spread_after is not None:
         summary["median_std_before"] = spread_before.median[SUM]
         summary["median_std_after"] = spread_after.median[SUM]
-        tracking.log_metrics(_spread_metrics(spread_before, spread_after))
+        tracking.log_metrics(spread_metrics(spread_before, spread_after))
 
     def save_model(tmp: Path) -> None:
         adapters = {name: lora.adapter_state(model.transformer, name) for name in (lora.CURRENT, lora.OLD)}
@@ -557,21 +379,3 @@ def _resume(ckpt_dir: Path, fp: str, model: PrefRestoreModel, optimizer: torch.o
                          f"raise epochs or delete {ckpt_dir}")
     log.info("stage2: resuming from %s (epoch %d)", path, start)
     return start, dict(ck.extra), report
-
-
-def _spread_metrics(before: SeedSpread, after: SeedSpread) -> dict[str, float]:
-    """Fig. 8 medians of the per-image std across seeds, before and after, as MLflow metrics."""
-    det = {"determinism/median_std_before": before.median[SUM], "determinism/median_std_after": after.median[SUM]}
-    for name in after.median:
-        if name != SUM:
-            det[f"determinism/{name}_median_std_before"] = before.median[name]
-            det[f"determinism/{name}_median_std_after"] = after.median[name]
-    return det
-
-
-def restore_heldout_all(model: PrefRestoreModel, batch: Batch, cfg: Stage2Config, schedule: FlowSchedule,
-                        seed: int, adapter: str | None) -> torch.Tensor:
-    """Every held-out face restored with the first evaluation seed (grid rows)."""
-    n = min(cfg.grid_samples, len(batch.ids))
-    return restore_heldout(model, batch, torch.arange(n), seed, adapter, cfg, schedule)
-
