@@ -131,11 +131,16 @@ class QwenCaptioner:
             ]
         return [{"role": "user", "content": [image, {"type": "text", "text": self.prompt}]}]
 
-    @torch.inference_mode()
     def caption(self, images: Sequence[np.ndarray], settings: GenerationSettings) -> list[str]:
         """One caption per ``uint8 [H, W, 3]`` image; the batch is left-padded and decoded at once."""
         if not images:
             return []
+        new_tokens = self.generate_ids(images, settings)
+        return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def generate_ids(self, images: Sequence[np.ndarray], settings: GenerationSettings) -> torch.Tensor:
+        """The new token ids ``[B, T]`` of one left-padded batch (what :meth:`caption` decodes)."""
         text = self.processor.apply_chat_template(self.messages(), add_generation_prompt=True, tokenize=False)
         pixels = [np.array(im) for im in images]  # writable copies (decoded arrays may be read-only)
         batch = self.processor(text=[text] * len(images), images=pixels, padding=True, return_tensors="pt")
@@ -149,8 +154,7 @@ class QwenCaptioner:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         out = self.model.generate(**batch, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        return out[:, batch["input_ids"].shape[1] :]
 
 
 def load(model: str, prompt: str, prompt_role: str, device: str = "auto", dtype: str = "auto") -> QwenCaptioner:
@@ -186,11 +190,48 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
     with Qwen's special tokens and a Qwen-style chat template. The image processor keeps images
     small: at most 56x56 pixels, i.e. 4 merged visual tokens. The output text is gibberish.
     """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor, ids = tiny_processor(max_pixels=56 * 56)
+    tokenizer = processor.tokenizer
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "out_hidden_size": 32,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        **special_token_ids(ids),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def special_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The vision special-token ids a ``Qwen2_5_VLConfig`` takes, from :func:`tiny_processor`'s map."""
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
+
+
+def tiny_processor(max_pixels: int) -> tuple[Any, dict[str, int]]:
+    """A Qwen2.5-VL processor with a character-level tokenizer, and its special-token ids.
+
+    The tokenizer is a character vocabulary with Qwen's special tokens and a Qwen-style chat
+    template; images are resized to at most ``max_pixels`` (multiples of 28, as Qwen's own).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
@@ -206,33 +247,11 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=list(_SPECIAL[1:]), padding_side="left", chat_template=_CHAT_TEMPLATE,
     )
-    pixels = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    pixels = {"min_pixels": 28 * 28, "max_pixels": max_pixels}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2, **pixels),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=_CHAT_TEMPLATE,
     )
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in _SPECIAL}
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "out_hidden_size": 32,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return processor, {tok: tokenizer.convert_tokens_to_ids(tok) for tok in _SPECIAL}
