@@ -136,20 +136,24 @@ def test_weighted_metrics_unavailable_here_and_errors_under_require(name, empty_
         MetricSet([spec], ctx, require=True).scorer(spec)
 
 
-def test_dsl_fiqa_is_unavailable_whatever_is_staged(tmp_path, monkeypatch):
+def test_dsl_fiqa_is_staged_and_never_scores_with_unusable_files(tmp_path, monkeypatch):
     from prefrestore.evaluate import MetricSet
+    from prefrestore.weights import local_path
     from prefrestore.weights_cli import gather
 
-    monkeypatch.setenv("PREFRESTORE_MODEL_STORE", str(tmp_path))
-    (tmp_path / "dsl_fiqa").mkdir()
-    (tmp_path / "dsl_fiqa" / "IQA.pt").write_bytes(b"staged")  # files present do not make it run
+    for var in ("TORCH_HOME", "PREFRESTORE_MODEL_STORE"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     spec = metrics.SPECS["dsl_fiqa"]
+    for w in spec.weights:  # every file present, none of them a checkpoint
+        local_path(w).parent.mkdir(parents=True, exist_ok=True)
+        local_path(w).write_bytes(b"staged")
+    assert spec.missing() == []
     ctx = BuildContext(torch.device("cpu"), 512, "trainval70k", 512, 128)
     got = MetricSet([spec], ctx, require=False).scorer(spec)
-    assert isinstance(got, Unavailable) and got.reason.startswith("DSL-FIQA is not implemented in this project")
-    with pytest.raises(MissingWeights, match="not implemented"):
+    assert isinstance(got, Unavailable) and "not a plain tensor checkpoint" in got.reason
+    with pytest.raises(MissingWeights, match="IQA.pt"):
         MetricSet([spec], ctx, require=True).scorer(spec)
-    assert not [e for e in gather()[0] if "dsl_fiqa" in e.used_by]  # nothing to stage for it
+    assert [e for e in gather()[0] if "evaluate (DSL-FIQA)" in e.used_by]  # listed for staging
 
 
 def test_pyiqa_weight_names_are_the_ones_pyiqa_loads():

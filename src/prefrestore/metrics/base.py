@@ -62,14 +62,12 @@ class MetricSpec:
     weights: tuple[WeightFile, ...]  # every file the metric loads (staged offline)
     build: Callable[[BuildContext], Scorer]  # explicit factory; imports heavy libraries lazily
     packages: tuple[str, ...] = ()  # importable modules it needs beyond the core dependencies
-    not_implemented: str = ""  # why this project cannot compute it at all, whatever is staged ("": it can)
 
     def missing(self) -> list[str]:
-        """Why this metric cannot run here: not implemented, missing packages or weight files (empty: it can)."""
+        """Why this metric cannot run here: missing packages or weight files (empty: it can)."""
         import importlib.util
 
-        out = [self.not_implemented] if self.not_implemented else []
-        out += [f"missing package '{p}'" for p in self.packages if importlib.util.find_spec(p) is None]
+        out = [f"missing package '{p}'" for p in self.packages if importlib.util.find_spec(p) is None]
         out += [f"{w.name} {status(w)} at {local_path(w)}" for w in self.weights if status(w) != "present"]
         return out
 
