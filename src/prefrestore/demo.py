@@ -89,11 +89,33 @@ def run(profile: str | None = None) -> int:
     print(f"\nPipeline ({profile}) finished in {time.perf_counter() - start:.0f} s with exit code {rc}.")
     print("Summary (reports/metrics/*.json):")
     print("\n".join(summary_lines()) or "  (no metrics yet)")
+    if rc == 0:
+        shared_faces_evaluation(profile)
     print(f"\nOpen MLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
     if _read("register"):
         print("Restore a face with the promoted model:\n"
               "  .venv/bin/prefrestore restore face.png --variant quality --out restored/")
     return rc
+
+
+def shared_faces_evaluation(profile: str) -> None:
+    """Evaluate both variants on ``../shared/data/faces`` when it is present (:mod:`prefrestore.shared_faces`)."""
+    from prefrestore import shared_faces
+    from prefrestore.config import load
+
+    faces = shared_faces.faces_dir()
+    if faces is None:
+        print("Real faces (../shared/data/faces): not present, skipped.")
+        return
+    models = {v: PROJECT_ROOT / "models" / d for v, d in (("fidelity", "stage1_2"), ("quality", "stage2"))
+              if (PROJECT_ROOT / "models" / d).is_dir()}
+    if not models:
+        print("Real faces: no trained model under models/ yet, skipped.")
+        return
+    work = shared_faces.work_dir()
+    print(f"Real faces ({faces}): evaluating {', '.join(models)} (outputs in {work}, outside the project)")
+    results = shared_faces.evaluate_variants(models, load(profile), faces, work)
+    print("\n".join(shared_faces.summary_lines(results)))
 
 
 def _path_with_venv() -> str:

@@ -50,6 +50,7 @@ class EvaluateConfig:
     seed: int  # restoration seed
     use_captions: bool  # pass manifest captions to the restorer
     grid_samples: int  # rows in the sample grid
+    keep_restored: bool  # copy the restored PNGs into the report (and so into MLflow)
     fid_dataset_res: int  # FID(FFHQ) reference resolution
     fid_dataset_split: str  # FID(FFHQ) reference split
     lmd_resolution: int  # LMD landmark resolution
@@ -403,7 +404,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
             res.per_image.to_csv(d / "per_image.csv", index=False)
             if name in grids:
                 save_png(d / "grid.png", grids[name])
-            if (cache_root / name).is_dir():
+            if cfg.keep_restored and (cache_root / name).is_dir():
                 shutil.copytree(cache_root / name, d / "restored")
         summary = {"profile": params.profile, "model": str(model_dir), "variant": variant, "device": str(device),
                    "benchmarks": {k: v.summary() for k, v in results.items()}, "unavailable": unavailable,
