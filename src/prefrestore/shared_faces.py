@@ -115,8 +115,9 @@ def summary_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     unpaired set's count of unavailable metrics."""
     lines = []
     for variant, s in results.items():
-        got = ", ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in sorted(s.items())
-                        if k.startswith(f"{PAIRED}/") and isinstance(v, float) and "n_excluded" not in k)
+        shown = [m for m in ("psnr", "ssim", "ms_ssim") if isinstance(s.get(f"{PAIRED}/{m}"), float)]
+        got = ", ".join(f"{m} {s[f'{PAIRED}/{m}']:.4g} (input {s.get(f'{PAIRED}/input/{m}', float('nan')):.4g})"
+                        for m in shown)
         lines.append(f"  {variant} on ../shared faces: {PAIRED} {got or 'n/a'}; {UNPAIRED}: no-reference metrics only "
                      f"({int(s.get('n_unavailable', 0))} metrics unavailable here){' (reused)' if s.get('reused') else ''}")
     return lines
@@ -154,6 +155,8 @@ def evaluate_variants(models: Mapping[str, Path], params: Params, faces: Path | 
         for variant, model in todo.items():
             dest = work / f"eval_{variant}"
             summary = steps.execute(evaluate, run_params, {"model": model, "benchmarks": bench}, dest)
+            paired = json.loads((dest / "metrics.json").read_text())["benchmarks"][PAIRED]["input"]
+            summary.update({f"{PAIRED}/input/{k}": v for k, v in paired.items() if isinstance(v, float)})
             atomic.write_json(dest / KEY_FILE, {"key": keys[variant], "summary": summary})
             out[variant] = summary
     return out

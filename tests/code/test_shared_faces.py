@@ -72,7 +72,7 @@ def test_evaluate_variants_on_the_shared_faces(shared_faces_copy, tiny_params, t
     assert all(s.get("reused") for s in again.values())
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == len(runs)
     lines = shared_faces.summary_lines(got)
-    assert len(lines) == 2 and "shared_hq" in lines[0] and "psnr=" in lines[0]
+    assert len(lines) == 2 and "shared_hq" in lines[0] and "psnr " in lines[0] and "(input " in lines[0]
 
 
 @pytest.fixture()
