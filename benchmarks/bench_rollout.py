@@ -18,10 +18,12 @@ conditions x ``group_size`` rollouts:
 Then a projected epoch per GPU: the profile's ``groups_per_epoch x group_size`` rollouts split
 over ``--gpus`` processes, each piece scaled by its measured rate. It is a projection from these
 rates, not a timed epoch. Each ``--dtypes`` entry converts the same model in place and repeats
-everything (``fp32`` is what ``train_stage2`` runs: no autocast).
+everything on the same noises and seeds: ``fp32``; ``amp`` = fp32 weights with bf16 autocast of the
+policy forwards (``stage2.mixed_precision: bf16``, what ``train_stage2`` runs on CUDA); ``bf16``
+weights. Each also reports how far its rollouts are from the first entry's, and its NFT loss.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_rollout.py --profile tiny --threads 1
-    python3 benchmarks/bench_rollout.py --profile paper --device cuda --dtypes fp32 bf16
+    python3 benchmarks/bench_rollout.py --profile paper --device cuda --dtypes fp32 amp
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model import DTYPES, build, peak_mib, sync  # noqa: E402
+from bench_model import build, peak_mib, sync  # noqa: E402
 
 from prefrestore import lora  # noqa: E402
 from prefrestore.config import load  # noqa: E402
@@ -47,6 +49,9 @@ from prefrestore.flow import FlowSchedule  # noqa: E402
 from prefrestore.nft import Stage2Config, collect_rollouts, nft_train_step  # noqa: E402
 from prefrestore.rewards import RewardsConfig, build_scorers, total_reward  # noqa: E402
 from prefrestore.stage2_batch import Batch, decode, policy, score  # noqa: E402
+
+# weights dtype and stage2.mixed_precision of each --dtypes choice; "amp" is what train_stage2 runs on CUDA
+PRECISIONS = {"fp32": (torch.float32, "no"), "amp": (torch.float32, "bf16"), "bf16": (torch.bfloat16, "no")}
 
 
 def timed(fn, device: torch.device):
@@ -82,7 +87,9 @@ def generation_time(model, batch: Batch, tokens: int, device: torch.device) -> f
         ar.num_image_tokens = model.cfg.num_image_tokens
 
 
-def measure(model, cfg: Stage2Config, schedule: FlowSchedule, rcfg: RewardsConfig, args, device) -> dict:
+def measure(model, cfg: Stage2Config, schedule: FlowSchedule, rcfg: RewardsConfig, args, device,
+            amp: str) -> tuple[dict, torch.Tensor]:
+    """The rates of one precision, and the rollouts at the first sample batch (to compare precisions)."""
     model.eval()
     batch = make_groups(model, args.groups, device)
     n = args.groups * cfg.group_size
@@ -90,7 +97,7 @@ def measure(model, cfg: Stage2Config, schedule: FlowSchedule, rcfg: RewardsConfi
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn((n, *shape), generator=gen)
     sigmas = schedule.sigmas(cfg.sampler_steps, device=device)
-    sampler = policy(model, batch, schedule, lora.OLD, cfg.cfg_scale)
+    sampler = policy(model, batch, schedule, lora.OLD, cfg.cfg_scale, amp)
     out: dict = {"rollouts": n}
     generation_time(model, batch, 2, device)  # warm-up
     short, long = generation_time(model, batch, 8, device), generation_time(model, batch, 8 + args.gen_tokens, device)
@@ -124,18 +131,26 @@ def measure(model, cfg: Stage2Config, schedule: FlowSchedule, rcfg: RewardsConfi
                                     train_batch=max(cfg.train_batch // args.gpus, 1))
     trainable = list(lora.adapter_parameters(model.transformer, lora.CURRENT).values())
     opt = torch.optim.AdamW(trainable, lr=1e-6)
-    v_cur, v_old = policy(model, batch, schedule, lora.CURRENT), policy(model, batch, schedule, lora.OLD)
-    v_ref = policy(model, batch, schedule, None) if cfg.kl_weight > 0 else None
+    v_cur = policy(model, batch, schedule, lora.CURRENT, mixed_precision=amp)
+    v_old = policy(model, batch, schedule, lora.OLD, mixed_precision=amp)
+    v_ref = policy(model, batch, schedule, None, mixed_precision=amp) if cfg.kl_weight > 0 else None
     model.train()
     step = lambda: nft_train_step(v_cur, v_old, v_ref, first, r.to(device), train_cfg, schedule, opt,  # noqa: E731
                                   trainable, torch.Generator().manual_seed(2))
-    step()  # warm-up
+    state = {k: v.detach().clone() for k, v in lora.adapter_parameters(model.transformer, lora.CURRENT).items()}
+    out["train_loss"] = step()["loss"]  # warm-up; same seeds and weights for every precision
+    with torch.no_grad():  # undo the warm-up's update, so every precision starts from the same adapters
+        for k, p in lora.adapter_parameters(model.transformer, lora.CURRENT).items():
+            p.copy_(state[k])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _, secs = timed(step, device)
+    with torch.no_grad():
+        for k, p in lora.adapter_parameters(model.transformer, lora.CURRENT).items():
+            p.copy_(state[k])
     out["train_s_per_rollout_timestep"] = secs / (n * args.timesteps)
     out["train_peak_MiB"] = peak_mib(device)
-    return out
+    return out, first.x0.float().cpu()
 
 
 def project(m: dict, cfg: Stage2Config, tokens: int, gpus: int, sb: int) -> dict:
@@ -156,7 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32"])
+    ap.add_argument("--dtypes", nargs="+", choices=sorted(PRECISIONS), default=["fp32"],
+                    help="fp32: plain; amp: fp32 weights + bf16 autocast (stage2.mixed_precision: bf16, what "
+                         "train_stage2 runs on CUDA); bf16: bf16 weights")
     ap.add_argument("--groups", type=int, default=2, help="conditions rolled out (x group_size rollouts)")
     ap.add_argument("--sample-batches", type=int, nargs="+", default=[9, 24, 48])
     ap.add_argument("--timesteps", type=int, default=2, help="training sigmas per rollout in the timed step")
@@ -183,10 +200,15 @@ def main() -> None:
                     "group_size": cfg.group_size, "sampler": f"{cfg.sampler} x {cfg.sampler_steps}",
                     "train_batch": cfg.train_batch, "gpus": args.gpus}
     sb = args.sample_batches[0]
+    rollouts: dict[str, torch.Tensor] = {}
     for name in args.dtypes:
-        model.to(DTYPES[name])
-        m = measure(model, cfg, schedule, rcfg, args, device)
+        dtype, amp = PRECISIONS[name]
+        model.to(dtype)
+        m, rollouts[name] = measure(model, cfg, schedule, rcfg, args, device, amp)
         m["projected_epoch_per_gpu"] = project(m, cfg, model.cfg.num_image_tokens, args.gpus, sb)
+        base = rollouts[args.dtypes[0]]
+        m[f"rollouts_max_abs_diff_vs_{args.dtypes[0]}"] = float((rollouts[name] - base).abs().max())
+        m[f"rollouts_rms_vs_{args.dtypes[0]}"] = float((rollouts[name] - base).pow(2).mean().sqrt())
         result[name] = m
         print(json.dumps({name: m}, indent=2), flush=True)
     base = result[args.dtypes[0]]

@@ -70,6 +70,7 @@ class Stage2Config:
     checkpoint_every: int
     checkpoint_keep: int
     grid_samples: int
+    mixed_precision: Literal["bf16", "no"]
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, 1e-6, 1.0)

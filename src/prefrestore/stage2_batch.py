@@ -82,21 +82,30 @@ def make_batch(model: PrefRestoreModel, data: OnTheFlyPairs, indices: Sequence[i
     return Batch(ids, lq, hq, [captions.get(i, "") for i in ids], conditions(model, lq, chunk))
 
 
+def autocast(mixed_precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast when ``mixed_precision == "bf16"`` on a CUDA device with bf16; else a no-op,
+    so CPU runs stay fp32 and bit-for-bit what they were."""
+    on = mixed_precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def policy(model: PrefRestoreModel, batch: Batch, schedule: FlowSchedule, adapter: str | None,
-           cfg_scale: float = 1.0):
+           cfg_scale: float = 1.0, mixed_precision: str = "no"):
     """``fn(x, sigma, group) -> v`` of one policy: ``lora.CURRENT``, ``lora.OLD`` or ``None`` (stage 1).
 
     With ``cfg_scale != 1`` (sampling only) ``v = v_null + s (v_cond - v_null)``, null = zeros (SPEC §2).
+    ``mixed_precision="bf16"`` runs the forward under :func:`autocast`; ``v`` is returned in fp32
+    either way, so the samplers and the NFT loss do their arithmetic in fp32.
     """
 
     def fn(x: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         cond = batch.select(group)
-        with lora.use_policy(model.transformer, adapter):
+        with lora.use_policy(model.transformer, adapter), autocast(mixed_precision, x.device):
             v = model.velocity(x, sigma, cond, schedule)
             if cfg_scale != 1.0:
                 v_null = model.velocity(x, sigma, cond.null(), schedule)
                 v = v_null + cfg_scale * (v - v_null)
-        return v
+        return v.float()
 
     return fn
 

@@ -32,7 +32,7 @@ from prefrestore.stage2_batch import Batch, decode, derive_seed, policy, score
 def restore_heldout(model: PrefRestoreModel, batch: Batch, rows: torch.Tensor, seed: int, adapter: str | None,
                     cfg: Stage2Config, schedule: FlowSchedule) -> torch.Tensor:
     """Restore held-out rows with one sampling seed; noise of row ``i`` is seeded ``(seed, i)``."""
-    fn = policy(model, batch, schedule, adapter, cfg.cfg_scale)
+    fn = policy(model, batch, schedule, adapter, cfg.cfg_scale, cfg.mixed_precision)
     shape = model.latent_shape(1)[1:]
     noise = torch.stack([noise_for((1, *shape), derive_seed(seed, "heldout", int(i)), "cpu", torch.float32)[0]
                          for i in rows.tolist()]).to(model.device)

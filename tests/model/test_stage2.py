@@ -266,3 +266,30 @@ def test_tiny_pipeline_stage2_raises_heldout_reward_and_lowers_spread(tmp_path: 
     summary = train_stage2.run(params, {**ins, "base": tmp_path / "stage1_2"}, tmp_path / "stage2", progress=False)
     assert summary["heldout_reward_after"] > summary["heldout_reward_before"]
     assert summary["median_std_after"] < summary["median_std_before"]
+
+
+
+def test_mixed_precision_autocasts_only_on_cuda(inputs: dict[str, Path]) -> None:
+    """``stage2.mixed_precision: bf16`` autocasts the policy only on CUDA: on the CPU its velocities
+    are bit-for-bit the fp32 ones, and the policy returns fp32 either way."""
+    from prefrestore.stage2_batch import autocast
+
+    params = _params()
+    schedule = params.section("flow", FlowSchedule)
+    cfg = params.section("stage2", Stage2Config)
+    model = PrefRestoreModel.from_pretrained(inputs["base"])
+    lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    data = OnTheFlyPairs(inputs["faces"], params.section("degrade", DegradeConfig), "train", 0)
+    batch = train_stage2.make_batch(model, data, [0, 1], {}, 4)
+    x = torch.randn((2, *model.latent_shape(1)[1:]), generator=torch.Generator().manual_seed(0))
+    sigma, group = torch.full((2,), 0.5), torch.tensor([0, 1])
+    assert cfg.mixed_precision == "bf16"  # the default, also on tiny
+    plain = train_stage2.policy(model, batch, schedule, None, mixed_precision="no")(x, sigma, group)
+    mixed = train_stage2.policy(model, batch, schedule, None, mixed_precision="bf16")(x, sigma, group)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    a, b = torch.randn(4, 8), torch.randn(8, 8)
+    with autocast("bf16", torch.device("cpu")):
+        assert (a @ b).dtype == torch.float32
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():  # never in CI; on a lent GPU
+        with autocast("bf16", torch.device("cuda")):
+            assert (a.cuda() @ b.cuda()).dtype == torch.bfloat16
