@@ -100,12 +100,13 @@ def policy(model: PrefRestoreModel, batch: Batch, schedule: FlowSchedule, adapte
 
     def fn(x: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         cond = batch.select(group)
-        with lora.use_policy(model.transformer, adapter), autocast(mixed_precision, x.device):
-            v = model.velocity(x, sigma, cond, schedule)
-            if cfg_scale != 1.0:
-                v_null = model.velocity(x, sigma, cond.null(), schedule)
+        with lora.use_policy(model.transformer, adapter):
+            with autocast(mixed_precision, x.device):
+                v = model.velocity(x, sigma, cond, schedule).float()
+                v_null = model.velocity(x, sigma, cond.null(), schedule).float() if cfg_scale != 1.0 else None
+            if v_null is not None:  # the guidance arithmetic in fp32
                 v = v_null + cfg_scale * (v - v_null)
-        return v.float()
+        return v
 
     return fn
 
