@@ -91,6 +91,19 @@ def test_ms_ssim_matches_float64_reference():
         assert got[i].item() == pytest.approx(torch.prod(torch.stack(terms) ** w).item(), abs=1e-5)
 
 
+def test_pixel_metrics_equal_pyiqas_rgb_variants():
+    """The one-pass metrics are pyiqa's definitions (``psnr``, ``ssimc``, ``ms_ssim`` on RGB), which is
+    what makes bench_evaluate's comparison against pyiqa's per-metric calls like for like."""
+    import pyiqa
+
+    x, y = _pair(8, b=2, size=176)
+    x, y = (torch.round(t * 255) / 255 for t in (x, y))  # 8-bit images, as decoded from files
+    for ours, name, kw in ((pixel.psnr, "psnr", {}), (pixel.ssim, "ssimc", {}),
+                           (pixel.ms_ssim, "ms_ssim", {"test_y_channel": False})):
+        ref = pyiqa.create_metric(name, device="cpu", **kw)(x, y).flatten().double()
+        assert torch.allclose(ours(x, y).double(), ref, atol=1e-4), name
+
+
 def test_cpu_filter_equals_conv_filter():
     planes = torch.rand(5, 37, 52, generator=torch.Generator().manual_seed(7))
     a, b = pixel.blur_valid_cv2(planes, 11, 1.5), pixel.blur_valid_conv(planes, 11, 1.5)
