@@ -40,6 +40,7 @@ bench: setup  ## run the CPU benchmarks (commands and results in benchmarks/RESU
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_caption.py --images 32 --batch-sizes 1 2 4 8 16 --threads 1
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_model.py --profile tiny --batch 4 --threads 1
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_train.py --profile tiny --batch 16 --steps 10
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_rollout.py --profile tiny --threads 1 --dtypes fp32 amp bf16
 
 clean:  ## remove pipeline outputs (not the venv)
 	rm -rf data/faces data/validation data/captions data/pairs data/benchmarks models reports mlflow.db mlartifacts
