@@ -137,17 +137,13 @@ def measure(model, cfg: Stage2Config, schedule: FlowSchedule, rcfg: RewardsConfi
     model.train()
     step = lambda: nft_train_step(v_cur, v_old, v_ref, first, r.to(device), train_cfg, schedule, opt,  # noqa: E731
                                   trainable, torch.Generator().manual_seed(2))
-    state = {k: v.detach().clone() for k, v in lora.adapter_parameters(model.transformer, lora.CURRENT).items()}
+    state = lora.adapter_state(model.transformer, lora.CURRENT)
     out["train_loss"] = step()["loss"]  # warm-up; same seeds and weights for every precision
-    with torch.no_grad():  # undo the warm-up's update, so every precision starts from the same adapters
-        for k, p in lora.adapter_parameters(model.transformer, lora.CURRENT).items():
-            p.copy_(state[k])
+    lora.load_adapter_state(model.transformer, lora.CURRENT, state)  # every precision starts from the same adapters
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _, secs = timed(step, device)
-    with torch.no_grad():
-        for k, p in lora.adapter_parameters(model.transformer, lora.CURRENT).items():
-            p.copy_(state[k])
+    lora.load_adapter_state(model.transformer, lora.CURRENT, state)
     out["train_s_per_rollout_timestep"] = secs / (n * args.timesteps)
     out["train_peak_MiB"] = peak_mib(device)
     return out, first.x0.float().cpu()

@@ -102,10 +102,10 @@ def _tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _key(model: Path, faces: Path, params: Params) -> str:
+def _key(model: Path, faces_digest: str, params: Params) -> str:
     sections = {s: as_dict(params.section(s, cls)) for s, cls in
                 (("data", DataConfig), ("degrade", DegradeConfig), ("ingest", IngestConfig))}
-    blob = json.dumps({"model": _tree_digest(model), "faces": _tree_digest(faces), "params": sections,
+    blob = json.dumps({"model": _tree_digest(model), "faces": faces_digest, "params": sections,
                        "evaluate": params.tree["evaluate"]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -139,13 +139,15 @@ def evaluate_variants(models: Mapping[str, Path], params: Params, faces: Path | 
     evaluate = steps.get("evaluate")
     run_params = params.with_overrides({"evaluate.benchmarks": [PAIRED, UNPAIRED], "evaluate.max_images": None,
                                         "evaluate.grid_samples": 0, "evaluate.keep_restored": False})
-    keys = {v: _key(Path(m), faces, run_params) for v, m in models.items()}
+    faces_digest = _tree_digest(faces)
+    keys = {v: _key(Path(m), faces_digest, run_params) for v, m in models.items()}
     out: dict[str, dict[str, Any]] = {}
     todo = {}
     for variant, model in models.items():
-        summary_path = work / f"eval_{variant}" / KEY_FILE
-        if summary_path.is_file() and json.loads(summary_path.read_text()).get("key") == keys[variant]:
-            out[variant] = {**json.loads(summary_path.read_text())["summary"], "reused": True}
+        key_path = work / f"eval_{variant}" / KEY_FILE
+        saved = json.loads(key_path.read_text()) if key_path.is_file() else {}
+        if saved.get("key") == keys[variant]:
+            out[variant] = {**saved["summary"], "reused": True}
         else:
             todo[variant] = Path(model)
     if not todo:

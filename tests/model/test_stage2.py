@@ -67,14 +67,20 @@ def finished_run(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 # --------------------------------------------------------------------------------------------- rollouts
 
 
+def _model_and_batch(inputs: dict[str, Path], params):
+    """The stage-1 base with stage 2's LoRA adapters, and a batch of the first two training faces."""
+    cfg = params.section("stage2", Stage2Config)
+    model = PrefRestoreModel.from_pretrained(inputs["base"])
+    lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    data = OnTheFlyPairs(inputs["faces"], params.section("degrade", DegradeConfig), "train", 0)
+    return model, train_stage2.make_batch(model, data, [0, 1], {}, 4)
+
+
 def test_rollouts_deterministic_per_seed_and_end_at_sigma_zero(inputs: dict[str, Path]) -> None:
     params = _params()
     cfg = params.section("stage2", Stage2Config)
     schedule = params.section("flow", FlowSchedule)
-    model = PrefRestoreModel.from_pretrained(inputs["base"])
-    lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    data = OnTheFlyPairs(inputs["faces"], params.section("degrade", DegradeConfig), "train", 0)
-    batch = train_stage2.make_batch(model, data, [0, 1], {}, 4)
+    model, batch = _model_and_batch(inputs, params)
     seen: list[float] = []
     fn = train_stage2.policy(model, batch, schedule, lora.OLD)
 
@@ -268,7 +274,6 @@ def test_tiny_pipeline_stage2_raises_heldout_reward_and_lowers_spread(tmp_path: 
     assert summary["median_std_after"] < summary["median_std_before"]
 
 
-
 def test_mixed_precision_autocasts_only_on_cuda(inputs: dict[str, Path]) -> None:
     """``stage2.mixed_precision: bf16`` autocasts the policy only on CUDA: on the CPU its velocities
     are bit-for-bit the fp32 ones, and the policy returns fp32 either way."""
@@ -277,10 +282,7 @@ def test_mixed_precision_autocasts_only_on_cuda(inputs: dict[str, Path]) -> None
     params = _params()
     schedule = params.section("flow", FlowSchedule)
     cfg = params.section("stage2", Stage2Config)
-    model = PrefRestoreModel.from_pretrained(inputs["base"])
-    lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    data = OnTheFlyPairs(inputs["faces"], params.section("degrade", DegradeConfig), "train", 0)
-    batch = train_stage2.make_batch(model, data, [0, 1], {}, 4)
+    model, batch = _model_and_batch(inputs, params)
     x = torch.randn((2, *model.latent_shape(1)[1:]), generator=torch.Generator().manual_seed(0))
     sigma, group = torch.full((2,), 0.5), torch.tensor([0, 1])
     assert cfg.mixed_precision == "bf16"  # the default, also on tiny
