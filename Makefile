@@ -28,8 +28,9 @@ test: setup  ## run the test suite (slow and GPU tests excluded)
 test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"
 
-lint: setup  ## ruff
+lint: setup  ## ruff and the import contracts (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: setup  ## ruff format + fix
 	$(VENV)/bin/ruff check --fix .

@@ -36,9 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prefrestore import captioner_qwen  # noqa: E402
-from prefrestore.config import load as load_params  # noqa: E402
-from prefrestore.synthetic import make_face  # noqa: E402
+from prefrestore.core.config import load as load_params  # noqa: E402
+from prefrestore.data import captioner_qwen  # noqa: E402
+from prefrestore.data.synthetic import make_face  # noqa: E402
 
 COMPARED = 4  # faces every batch size captions, whose tokens are compared with the baseline's
 

@@ -31,9 +31,9 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prefrestore import degrade_fast  # noqa: E402
-from prefrestore.config import load  # noqa: E402
-from prefrestore.degrade import (  # noqa: E402
+from prefrestore.core.config import load  # noqa: E402
+from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
+from prefrestore.data.degrade.direct import (  # noqa: E402
     DegradeConfig,
     add_noise,
     degrade,
@@ -44,13 +44,13 @@ from prefrestore.degrade import (  # noqa: E402
     lq_size,
     upsample,
 )
-from prefrestore.degrade_torch import degrade_batch  # noqa: E402
+from prefrestore.data.degrade.on_the_fly import degrade_batch  # noqa: E402
 
 
 def test_images(n: int, size: int, folder: Path | None) -> list[np.ndarray]:
     """Real faces from ``folder`` when given (cycled), else smooth synthetic images with edges."""
     if folder is not None:
-        from prefrestore.images import load_rgb
+        from prefrestore.core.images import load_rgb
 
         faces = [cv2.resize(load_rgb(p), (size, size), interpolation=cv2.INTER_AREA)
                  for p in sorted(folder.glob("*.png"))]

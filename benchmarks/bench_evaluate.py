@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prefrestore import evaluate
-from prefrestore.images import load_rgb, save_png
+from prefrestore.core.images import load_rgb, save_png
+from prefrestore.evaluation import evaluate
 from prefrestore.metrics import get as get_metrics
 from prefrestore.metrics import pixel
 from prefrestore.metrics.base import BuildContext

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prefrestore.config import load  # noqa: E402
-from prefrestore.flow import FlowSchedule, flow_matching_loss, interpolate  # noqa: E402
+from prefrestore.core.config import load  # noqa: E402
 from prefrestore.model.ar import _positions  # noqa: E402
 from prefrestore.model.config import ModelConfig  # noqa: E402
+from prefrestore.model.flow import FlowSchedule, flow_matching_loss, interpolate  # noqa: E402
 from prefrestore.model.model import PrefRestoreModel  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

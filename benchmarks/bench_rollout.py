@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_model import build, peak_mib, sync  # noqa: E402
 
-from prefrestore import lora  # noqa: E402
-from prefrestore.config import load  # noqa: E402
-from prefrestore.flow import FlowSchedule  # noqa: E402
-from prefrestore.nft import Stage2Config, collect_rollouts, nft_train_step  # noqa: E402
-from prefrestore.rewards import RewardsConfig, build_scorers, total_reward  # noqa: E402
-from prefrestore.stage2_batch import Batch, decode, policy, score  # noqa: E402
+from prefrestore.core.config import load  # noqa: E402
+from prefrestore.model import lora  # noqa: E402
+from prefrestore.model.flow import FlowSchedule  # noqa: E402
+from prefrestore.train.nft import Stage2Config, collect_rollouts, nft_train_step  # noqa: E402
+from prefrestore.train.rewards import RewardsConfig, build_scorers, total_reward  # noqa: E402
+from prefrestore.train.stage2_batch import Batch, decode, policy, score  # noqa: E402
 
 # weights dtype and stage2.mixed_precision of each --dtypes choice; "amp" is what train_stage2 runs on CUDA
 PRECISIONS = {"fp32": (torch.float32, "no"), "amp": (torch.float32, "bf16"), "bf16": (torch.bfloat16, "no")}

@@ -1,6 +1,6 @@
 """Stage-1 training step time and peak memory, baseline and variant side by side in one process.
 
-One "step" is what :func:`prefrestore.train_common.fit` does per micro-batch: the stage's loss
+One "step" is what :func:`prefrestore.train.common.fit` does per micro-batch: the stage's loss
 (:class:`SemanticAlignLoss` for 1.1, :class:`TextureAlignLoss` for 1.2), backward, grad clipping
 and an AdamW step on the stage's trainable group, on a random-init model of the profile's shapes.
 
@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from prefrestore.config import load
-from prefrestore.flow import FlowSchedule
+from prefrestore.core.config import load
 from prefrestore.model.config import ModelConfig
+from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.model import PrefRestoreModel
-from prefrestore.train_common import peak_memory_mb
-from prefrestore.train_stage1 import SemanticAlignLoss, TextureAlignLoss
+from prefrestore.train.common import peak_memory_mb
+from prefrestore.train.stage1 import SemanticAlignLoss, TextureAlignLoss
 
 
 def build(profile: str, device: torch.device) -> tuple[PrefRestoreModel, FlowSchedule]:

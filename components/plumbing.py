@@ -1,7 +1,7 @@
 """KFP-only plumbing around the steps: the benchmark fan-out list, the report merge, promotion.
 
 Like ``components/steps.py`` these are plain functions turned into lightweight components by
-``components.build``; each hands over to ``prefrestore.pipeline_cli``.
+``components.build``; each hands over to ``prefrestore.pipeline.kfp_runtime``.
 """
 
 from typing import List  # noqa: UP035  (KFP reads typing.List annotations)
@@ -11,7 +11,7 @@ from kfp.dsl import Artifact, Input, Model, Output
 
 def list_benchmarks(profile: str) -> List[str]:  # noqa: UP006
     """The benchmarks the evaluation fans out over (``evaluate.benchmarks`` of the profile)."""
-    from prefrestore.pipeline_cli import benchmark_names
+    from prefrestore.pipeline.kfp_runtime import benchmark_names
 
     return benchmark_names(profile)
 
@@ -19,7 +19,7 @@ def list_benchmarks(profile: str) -> List[str]:  # noqa: UP006
 def merge_reports(fidelity: Input[List[Artifact]], quality: Input[List[Artifact]],  # noqa: UP006
                   reports: Output[Artifact]):
     """Gather the fanned-out evaluations into one ``reports/eval_{fidelity,quality}/`` tree."""
-    from prefrestore.pipeline_cli import merge_reports as merge
+    from prefrestore.pipeline.kfp_runtime import merge_reports as merge
 
     parts = [("fidelity", a.path) for a in fidelity] + [("quality", a.path) for a in quality]
     merge(parts, reports.path)
@@ -27,7 +27,7 @@ def merge_reports(fidelity: Input[List[Artifact]], quality: Input[List[Artifact]
 
 def merge_variant_reports(variant: str, parts: Input[List[Artifact]], reports: Output[Artifact]):  # noqa: UP006
     """Gather the fanned-out evaluations of one model into ``reports/eval_<variant>/``."""
-    from prefrestore.pipeline_cli import merge_reports as merge
+    from prefrestore.pipeline.kfp_runtime import merge_reports as merge
 
     merge([(variant, a.path) for a in parts], reports.path)
 
@@ -37,7 +37,7 @@ def promote(run_id: str, release_root: str, fidelity: Input[Model], quality: Inp
     """Publish the promoted variants (runs only under the register gate's dsl.If)."""
     import json
 
-    from prefrestore.pipeline_cli import publish_release
+    from prefrestore.pipeline.kfp_runtime import publish_release
 
     pointer = publish_release(run_id, {"fidelity": fidelity.path, "quality": quality.path},
                               decision.path, release_root)

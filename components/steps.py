@@ -1,8 +1,8 @@
-"""One KFP component per pipeline step (src/prefrestore/steps.py), as plain Python functions.
+"""One KFP component per pipeline step (src/prefrestore/pipeline/steps.py), as plain Python functions.
 
 KFP turns each function into a lightweight component running in the project's image
 (``components.build``): the function body is shipped as source, so it imports what it needs inside
-and hands over to ``prefrestore.pipeline_cli`` (the same checks and MLflow run as
+and hands over to ``prefrestore.pipeline.kfp_runtime`` (the same checks and MLflow run as
 ``prefrestore <step>``). Artifact names equal the step's input names, so the tests can check the
 components against the step table. No ``from __future__ import annotations`` here: KFP reads the
 annotations at definition time.
@@ -13,7 +13,7 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 def ingest(profile: str, source: str, faces: Output[Dataset], summary: Output[Metrics]):
     """Ingest faces; ``source`` overrides ``ingest.source`` when not empty."""
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     overrides = {"ingest.source": source} if source else None
     result = run_component("ingest", profile, {}, faces.path, overrides)
@@ -23,7 +23,7 @@ def ingest(profile: str, source: str, faces: Output[Dataset], summary: Output[Me
 def validate(profile: str, faces: Input[Dataset], report: Output[Artifact], summary: Output[Metrics],
              captions: Input[Dataset] = None):
     """Validate the manifest (and captions when connected); a failed expectation fails the task."""
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     inputs = {"faces": faces.path, "captions": captions.path if captions is not None else None}
     result = run_component("validate", profile, inputs, report.path)
@@ -31,14 +31,14 @@ def validate(profile: str, faces: Input[Dataset], report: Output[Artifact], summ
 
 
 def caption(profile: str, faces: Input[Dataset], captions: Output[Dataset], summary: Output[Metrics]):
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     result = run_component("caption", profile, {"faces": faces.path}, captions.path)
     log_summary(result, summary)
 
 
 def degrade(profile: str, faces: Input[Dataset], pairs: Output[Dataset], summary: Output[Metrics]):
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     result = run_component("degrade", profile, {"faces": faces.path}, pairs.path)
     log_summary(result, summary)
@@ -46,7 +46,7 @@ def degrade(profile: str, faces: Input[Dataset], pairs: Output[Dataset], summary
 
 def bootstrap(profile: str, faces: Input[Dataset], captions: Input[Dataset], model: Output[Model],
               summary: Output[Metrics]):
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     result = run_component("bootstrap", profile, {"faces": faces.path, "captions": captions.path}, model.path)
     log_summary(result, summary)
@@ -55,7 +55,7 @@ def bootstrap(profile: str, faces: Input[Dataset], captions: Input[Dataset], mod
 def stage1_1(profile: str, launch: str, run_id: str, faces: Input[Dataset], captions: Input[Dataset],
              base: Input[Model], model: Output[Model], summary: Output[Metrics]):
     """Stage 1.1; ``launch`` is inline, trainjob or pytorchjob (params ``cluster.training``)."""
-    from prefrestore.pipeline_cli import log_summary, run_training
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_training
 
     inputs = {"faces": faces.path, "captions": captions.path, "base": base.path}
     result = run_training("stage1_1", profile, launch, run_id, inputs, model.path)
@@ -65,7 +65,7 @@ def stage1_1(profile: str, launch: str, run_id: str, faces: Input[Dataset], capt
 def stage1_2(profile: str, launch: str, run_id: str, faces: Input[Dataset], captions: Input[Dataset],
              base: Input[Model], model: Output[Model], summary: Output[Metrics]):
     """Stage 1.2; ``launch`` is inline, trainjob or pytorchjob (params ``cluster.training``)."""
-    from prefrestore.pipeline_cli import log_summary, run_training
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_training
 
     inputs = {"faces": faces.path, "captions": captions.path, "base": base.path}
     result = run_training("stage1_2", profile, launch, run_id, inputs, model.path)
@@ -75,7 +75,7 @@ def stage1_2(profile: str, launch: str, run_id: str, faces: Input[Dataset], capt
 def stage2(profile: str, launch: str, run_id: str, faces: Input[Dataset], captions: Input[Dataset],
            base: Input[Model], model: Output[Model], summary: Output[Metrics]):
     """Stage 2 (DiffusionNFT); ``launch`` is inline, trainjob or pytorchjob (params ``cluster.training``)."""
-    from prefrestore.pipeline_cli import log_summary, run_training
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_training
 
     inputs = {"faces": faces.path, "captions": captions.path, "base": base.path}
     result = run_training("stage2", profile, launch, run_id, inputs, model.path)
@@ -87,7 +87,7 @@ def evaluate(profile: str, benchmark: str, subdir: str, model: Input[Model], ben
     """Evaluate ``model`` on one benchmark: ``<benchmarks>/<subdir>/<benchmark>/`` (one fan-out branch)."""
     import os
 
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     inputs = {
         "model": model.path,
@@ -105,7 +105,7 @@ def register(profile: str, fidelity: Input[Model], quality: Input[Model], report
     A single return value (KFP's ``Output``) rather than a named one: kfp.local 2.17 cannot resolve a
     named output parameter in a ``dsl.If`` condition, and the local run must exercise the gate.
     """
-    from prefrestore.pipeline_cli import log_summary, run_component
+    from prefrestore.pipeline.kfp_runtime import log_summary, run_component
 
     inputs = {"fidelity": fidelity.path, "quality": quality.path, "reports": reports.path}
     result = run_component("register", profile, inputs, decision.path)

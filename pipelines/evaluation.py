@@ -11,7 +11,7 @@ from typing import Any
 
 import components
 from pipelines import placement
-from prefrestore.launcher import ClusterConfig
+from prefrestore.pipeline.launcher import ClusterConfig
 
 NAME = "prefrestore-evaluation"
 

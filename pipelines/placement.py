@@ -1,6 +1,6 @@
 """Where and how a task runs on the cluster: node pool, accelerators, volumes, secrets, limits.
 
-Everything comes from the ``cluster`` section of ``params.yaml`` (``prefrestore.launcher.ClusterConfig``);
+Everything comes from the ``cluster`` section of ``params.yaml`` (``prefrestore.pipeline.launcher.ClusterConfig``);
 the node-pool labels and taints here are the ones ``infra/k8s/overlays/gpu`` gives the nodes.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefrestore.launcher import ClusterConfig, PodSize
+from prefrestore.pipeline.launcher import ClusterConfig, PodSize
 
 UID = 1000  # the non-root user of infra/Dockerfile
 LAUNCH_MARGIN_S = 3600  # a launcher pod outlives its job's deadline by this much

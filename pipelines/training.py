@@ -1,4 +1,4 @@
-"""The training pipeline: every step of ``prefrestore.steps.STEPS``, wired as in ``dvc.yaml``.
+"""The training pipeline: every step of ``prefrestore.pipeline.steps.STEPS``, wired as in ``dvc.yaml``.
 
 ingest -> caption -> validate (manifest + captions) -> degrade, bootstrap -> stage 1.1 -> stage 1.2
 (the ``fidelity`` model) -> stage 2 (the ``quality`` model) -> evaluation of both, fanned out over
@@ -11,8 +11,8 @@ from typing import Any
 
 import components
 from pipelines import placement
-from prefrestore import steps
-from prefrestore.launcher import ClusterConfig
+from prefrestore.pipeline import steps
+from prefrestore.pipeline.launcher import ClusterConfig
 
 NAME = "prefrestore-training"
 

@@ -48,7 +48,7 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(scope="session")
 def tiny_params():
-    from prefrestore.config import load
+    from prefrestore.core.config import load
 
     return load("tiny")
 
@@ -72,8 +72,8 @@ def tiny_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``caption_hint``) and ``ingest_report.json``, exactly as ``prefrestore ingest --profile tiny``
     writes them. Treat it as read-only: other tests share it.
     """
-    from prefrestore import ingest
-    from prefrestore.config import load
+    from prefrestore.core.config import load
+    from prefrestore.data import ingest
 
     params = load("tiny").with_overrides({"ingest.source": "synthetic", "ingest.synthetic_count": TINY_FACES_COUNT})
     out = tmp_path_factory.mktemp("tiny_faces") / "faces"
@@ -87,8 +87,8 @@ def tiny_train_inputs(tiny_faces: Path, tmp_path_factory: pytest.TempPathFactory
     the inputs of a training step, made once per session. Read-only, like ``tiny_faces``."""
     import torch
 
-    from prefrestore import caption
-    from prefrestore.config import load
+    from prefrestore.core.config import load
+    from prefrestore.data import caption
     from prefrestore.model.config import ModelConfig
     from prefrestore.model.model import PrefRestoreModel
 
@@ -103,11 +103,11 @@ def tiny_train_inputs(tiny_faces: Path, tmp_path_factory: pytest.TempPathFactory
 def mlflow_pg_server(tmp_path_factory: pytest.TempPathFactory):
     """Tracking URI of a real ``mlflow server`` on 127.0.0.1 backed by a fresh PostgreSQL database.
 
-    Started once per session (tests/mlflow_server.py); the database is dropped at teardown. Skips
+    Started once per session (tests/helpers/mlflow_server.py); the database is dropped at teardown. Skips
     with the reason when no local PostgreSQL (trust auth) or psycopg2 is available. Tests that use
     it should carry ``@pytest.mark.postgres`` and set ``MLFLOW_TRACKING_URI`` themselves.
     """
-    import mlflow_server
+    from helpers import mlflow_server
 
     reason = mlflow_server.unavailable_reason()
     if reason:

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefrestore import caption
-from prefrestore.config import ConfigError, load
-from prefrestore.images import save_png
-from prefrestore.synthetic import caption_from_attributes, make_face
+from prefrestore.core.config import ConfigError, load
+from prefrestore.core.images import save_png
+from prefrestore.data import caption
+from prefrestore.data.synthetic import caption_from_attributes, make_face
 
 PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "paper" / "pref-restore-paper.txt"
 PAPER_PROMPT = (
@@ -202,8 +202,8 @@ def test_missing_manifest_and_changed_settings_are_clear_errors(tiny_params, fac
 _KILLED_SCRIPT = """
 import sys, time
 from pathlib import Path
-from prefrestore import caption
-from prefrestore.config import load
+from prefrestore.data import caption
+from prefrestore.core.config import load
 
 class Slow(caption.AttributeCaptioner):
     def caption(self, items, images, attempt):
@@ -255,7 +255,7 @@ def test_sigkill_mid_run_resumes_exactly_once(tiny_params, tmp_path):
 
 
 def test_cli_caption_tiny(faces, tmp_path, capsys):
-    from prefrestore.cli import main
+    from prefrestore.cli.main import main
 
     out = tmp_path / "cli_out"
     assert main(["caption", "--profile", "tiny", "--in", f"faces={faces}", "--out", str(out)]) == 0

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from prefrestore import caption, captioner_qwen
-from prefrestore.images import save_png
-from prefrestore.synthetic import make_face
-from prefrestore.weights import MissingWeights
+from prefrestore.core.images import save_png
+from prefrestore.core.weights import MissingWeights
+from prefrestore.data import caption, captioner_qwen
+from prefrestore.data.synthetic import make_face
 
 GREEDY = captioner_qwen.GenerationSettings(max_new_tokens=8, do_sample=False, temperature=1.0, top_p=1.0, seed=0)
 

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.faces import face_like
 
-from prefrestore.config import ConfigError, load
-from prefrestore.degrade import (
+from prefrestore.core.config import ConfigError, load
+from prefrestore.data.degrade.direct import (
     PARAM_COLUMNS,
     DegradeConfig,
     DegradeParams,
@@ -22,17 +23,6 @@ from prefrestore.degrade import (
     lq_size,
     params_for,
 )
-
-
-def face_like(size: int, seed: int = 0) -> np.ndarray:
-    """A smooth image with edges (blobs on a gradient): blur and JPEG visibly change it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.stack([xx, yy, 1 - xx * yy], axis=2) * 160
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
-    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +166,7 @@ def test_bad_input_is_a_clear_error(bad, paper: DegradeConfig) -> None:
 
 
 def test_real_faces(shared_faces, paper: DegradeConfig, released: DegradeConfig) -> None:
-    from prefrestore.images import load_rgb
+    from prefrestore.core.images import load_rgb
 
     paths = sorted((shared_faces / "hq").glob("*.png"))[:3]
     for k, path in enumerate(paths):

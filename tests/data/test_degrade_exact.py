@@ -13,11 +13,11 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-from test_degrade import face_like  # the same test image as the degradation tests
+from helpers.faces import face_like
 
-from prefrestore import degrade_fast
-from prefrestore.config import load
-from prefrestore.degrade import (
+from prefrestore.core.config import load
+from prefrestore.data.degrade import fast as degrade_fast
+from prefrestore.data.degrade.direct import (
     DegradeConfig,
     DegradeParams,
     degrade,

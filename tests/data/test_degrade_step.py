@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefrestore import benchmarks_data, degrade_step, images
-from prefrestore.config import load
-from prefrestore.degrade import DegradeConfig, DegradeParams, degrade
+from prefrestore.core import images
+from prefrestore.core.config import load
+from prefrestore.data import benchmarks as benchmarks_data
+from prefrestore.data.degrade import step as degrade_step
+from prefrestore.data.degrade.direct import DegradeConfig, DegradeParams, degrade
 
 
 def _face(size: int, seed: int) -> np.ndarray:
@@ -60,7 +62,7 @@ def test_step_writes_pairs_and_benchmark(faces: Path, tmp_path: Path, tiny_param
         hq, lq = images.load_rgb(bench / row["hq_path"]), images.load_rgb(bench / row["lq_path"])
         assert np.array_equal(hq, images.load_rgb(faces / "images" / f"{row['id']}.png"))
         assert np.array_equal(degrade(hq, DegradeParams.from_row(row), cfg), lq) and not np.array_equal(hq, lq)
-    from prefrestore.evaluate import load_benchmark  # the consumer accepts the layout
+    from prefrestore.evaluation.evaluate import load_benchmark  # the consumer accepts the layout
 
     assert load_benchmark(bench).paired
 

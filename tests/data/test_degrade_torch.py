@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from prefrestore import degrade_step, images
-from prefrestore.config import load
-from prefrestore.degrade import DegradeConfig, DegradeParams, degrade, draw_params, pre_jpeg
-from prefrestore.degrade_torch import OfflinePairs, OnTheFlyPairs, degrade_batch, pre_jpeg_batch
+from prefrestore.core import images
+from prefrestore.core.config import load
+from prefrestore.data.degrade import step as degrade_step
+from prefrestore.data.degrade.direct import DegradeConfig, DegradeParams, degrade, draw_params, pre_jpeg
+from prefrestore.data.degrade.on_the_fly import OfflinePairs, OnTheFlyPairs, degrade_batch, pre_jpeg_batch
 
 
 def _faces(n: int, size: int) -> np.ndarray:

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prefrestore import images, ingest
-from prefrestore.config import load
+from prefrestore.core import images
+from prefrestore.core.config import load
+from prefrestore.data import ingest
 
 RES = 32
 
@@ -240,7 +241,7 @@ def test_output_inside_the_source_folder_is_not_ingested(tmp_path):
 def test_missing_folder_and_bad_source_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ingest.run(_params(f"folder:{tmp_path / 'nope'}"), {}, tmp_path / "out")
-    from prefrestore.config import ConfigError
+    from prefrestore.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingest.source"):
         _params("s3://bucket").section("ingest", ingest.IngestConfig)
@@ -271,10 +272,10 @@ def test_real_faces_are_all_accepted(shared_faces, tmp_path):
 
 @pytest.mark.slow  # ~15 s: MLflow store set-up dominates
 def test_cli_ingest_in_process(tmp_path, capsys):
-    from prefrestore import cli
+    from prefrestore.cli.main import main as cli
 
     out = tmp_path / "x"
-    assert cli.main(["ingest", "--profile", "tiny", "--out", str(out), "--set", "ingest.synthetic_count=5"]) == 0
+    assert cli(["ingest", "--profile", "tiny", "--out", str(out), "--set", "ingest.synthetic_count=5"]) == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout[stdout.index("{"):])
     assert summary["accepted"] == 5
@@ -285,7 +286,7 @@ def test_cli_ingest_in_process(tmp_path, capsys):
 def test_cli_ingest_subprocess_with_source(shared_faces, tmp_path):
     out = tmp_path / "y"
     proc = subprocess.run(
-        [sys.executable, "-m", "prefrestore.cli", "ingest", "--source", f"folder:{shared_faces / 'hq'}",
+        [sys.executable, "-m", "prefrestore.cli.main", "ingest", "--source", f"folder:{shared_faces / 'hq'}",
          "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from prefrestore import synthetic as S
+from prefrestore.data import synthetic as S
 
 R = 96
 

@@ -8,8 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from prefrestore import validate
-from prefrestore.config import load
+from prefrestore.core.config import load
+from prefrestore.data import validate
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefrestore.config import ConfigError
-from prefrestore.flow import FlowSchedule, drop_condition, flow_matching_loss, interpolate, velocity_target
+from prefrestore.core.config import ConfigError
+from prefrestore.model.flow import (
+    FlowSchedule,
+    drop_condition,
+    flow_matching_loss,
+    interpolate,
+    velocity_target,
+)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefrestore import lora
-from prefrestore.config import load
+from prefrestore.core.config import load
+from prefrestore.model import lora
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.generator import build_transformer
-from prefrestore.nft import Stage2Config
+from prefrestore.train.nft import Stage2Config
 
 TINY = load("tiny")
 S2 = TINY.section("stage2", Stage2Config)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from prefrestore.config import load
-from prefrestore.flow import FlowSchedule
+from prefrestore.core.config import load
+from prefrestore.core.weights import MissingWeights
 from prefrestore.model import Restorer, from_params
+from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.restore import RestoreConfig, save_inference
-from prefrestore.weights import MissingWeights
 
 
 @pytest.fixture(scope="module")

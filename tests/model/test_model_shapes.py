@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefrestore.config import ConfigError, load
+from prefrestore.core.config import ConfigError, load
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.params_count import build_components, count_parameters, model_info
 
@@ -55,7 +55,7 @@ def test_model_info_table() -> None:
 
 
 def test_model_info_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    from prefrestore.cli import main
+    from prefrestore.cli.main import main
 
     assert main(["model-info", "--profile", "tiny"]) == 0
     assert "vae_connector" in capsys.readouterr().out

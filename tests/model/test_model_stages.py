@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from prefrestore.config import load
-from prefrestore.flow import FlowSchedule, flow_matching_loss, interpolate
+from prefrestore.core.config import load
 from prefrestore.model.config import ModelConfig
+from prefrestore.model.flow import FlowSchedule, flow_matching_loss, interpolate
 from prefrestore.model.model import PrefRestoreModel
 
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from prefrestore import samplers
-from prefrestore.config import load
-from prefrestore.flow import FlowSchedule
+from prefrestore.core.config import load
+from prefrestore.model import samplers
 from prefrestore.model.config import ModelConfig
+from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import restore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefrestore.config import load
+from prefrestore.core.config import load
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.tokenizer import SemanticTokenizer
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from prefrestore.flow import FlowSchedule
-from prefrestore.samplers import sample, with_cfg
+from prefrestore.model.flow import FlowSchedule
+from prefrestore.model.samplers import sample, with_cfg
 
 MU = torch.tensor([2.0, -1.0])  # data N(MU, SD^2) per dimension
 SD = torch.tensor([0.5, 1.5])

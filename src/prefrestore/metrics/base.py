@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from prefrestore.weights import MissingWeights, WeightFile, local_path, status
+from prefrestore.core.weights import MissingWeights, WeightFile, local_path, status
 
 
 class Scorer(Protocol):

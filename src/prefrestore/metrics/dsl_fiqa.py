@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefrestore.core.weights import MissingWeights, WeightFile, require
 from prefrestore.metrics import face
 from prefrestore.metrics.base import BuildContext, MeanScorer, MetricSpec
 from prefrestore.metrics.dsl_fiqa_arch import DslFiqa, DslFiqaConfig
-from prefrestore.weights import MissingWeights, WeightFile, require
 
 TRAINING_SET = "GFIQA"  # which released pair (GFIQA or CGFIQA); see the module docstring
 CONFIG = DslFiqaConfig()  # the released config.conf

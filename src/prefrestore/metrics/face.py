@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefrestore.core.weights import WeightFile, require
 from prefrestore.metrics.base import BuildContext, MeanScorer, MetricSpec
-from prefrestore.weights import WeightFile, require
 
 AWING_W = WeightFile("facexlib/alignment_WFLW_4HG", "torch", "hub/facexlib/alignment_WFLW_4HG.pth", None, "lmd",
                      "https://github.com/xinntao/facexlib/releases/download/v0.1.0/alignment_WFLW_4HG.pth")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prefrestore.core.weights import MissingWeights, WeightFile, root_dir
 from prefrestore.metrics.base import BuildContext, MeanScorer, MetricSpec, no_downloads
-from prefrestore.weights import MissingWeights, WeightFile, root_dir
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main"
 _FX = "https://github.com/xinntao/facexlib/releases/download"
@@ -92,7 +92,7 @@ def assert_tensor_only(paths: tuple[WeightFile, ...]) -> None:
 
     Loading them first with ``weights_only=True`` proves they contain only tensors and plain data.
     """
-    from prefrestore.weights import local_path
+    from prefrestore.core.weights import local_path
 
     for w in paths:
         p = local_path(w)

@@ -1,6 +1,6 @@
 """Preference scorers of Table VIII and the stage-2 rewards: HPSv2.1, CLIP score, PickScore.
 
-The same real scorers serve evaluation (Table VIII) and ``prefrestore.rewards`` (Eq. 12 inputs).
+The same real scorers serve evaluation (Table VIII) and ``prefrestore.train.rewards`` (Eq. 12 inputs).
 Each factory loads its weights offline (``local_files_only``; missing -> ``MissingWeights``) and
 returns a callable ``(images [B, 3, H, W] in [0, 1], captions) -> Tensor[B]`` of raw scores:
 
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from prefrestore.core.weights import WeightFile, require, root_dir
 from prefrestore.metrics.base import BuildContext, MeanScorer, MetricSpec
-from prefrestore.weights import WeightFile, require, root_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

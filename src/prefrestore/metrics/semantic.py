@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prefrestore.core.weights import MissingWeights, WeightFile, require
 from prefrestore.metrics.base import BuildContext, MeanScorer, MetricSpec, no_downloads
 from prefrestore.metrics.preference import CLIP_L14_W, _embeds, _hf_load, clip_pixels, hf_clip_scorer
-from prefrestore.weights import MissingWeights, WeightFile, require
 
 _DREAMSIM_ZIP = ("https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0-checkpoints/"
                  "dreamsim_ensemble_checkpoint.zip (unzipped into this folder)")

@@ -7,10 +7,10 @@ Public API::
 
 from __future__ import annotations
 
-from prefrestore.config import Params
-from prefrestore.instructions import load_config as _instructions_config
+from prefrestore.core.config import Params
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.generator import Condition
+from prefrestore.model.instructions import load_config as _instructions_config
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.pretrained import WEIGHTS, build_pretrained
 from prefrestore.model.restore import RestoreConfig, Restorer, restore

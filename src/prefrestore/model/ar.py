@@ -5,7 +5,7 @@ tokens) and ``<im_start>``/``<im_end>``. The prompt is (Appendix C)::
 
     [<|im_start|>system\\n{system}<|im_end|>\\n]<|im_start|>user\\n{instruction, <image> -> <im_start> <I..>*N <im_end>}<|im_end|>\\n<|im_start|>assistant\\n<im_start><S0>
 
-built with :func:`prefrestore.instructions.chat_prompt` (the one home of prompt strings),
+built with :func:`prefrestore.model.instructions.chat_prompt` (the one home of prompt strings),
 after which exactly N HQ image tokens follow (N = 729 in the paper). ``<S0>`` is forced (one scale).
 The diffusion connector reads the final hidden states at ``<S0>`` and the N image positions
 (``[B, N + 1, H]``; paper: 730). The CE loss of Eq. 10 is taken over the N HQ image tokens.
@@ -30,10 +30,10 @@ from transformers import (
     Qwen3Model,
 )
 
-from prefrestore.instructions import CHAT_END, CHAT_START, IMAGE_PLACEHOLDER, chat_prompt
-from prefrestore.instructions import IMAGE_END as IM_END
-from prefrestore.instructions import IMAGE_START as IM_START
 from prefrestore.model.config import ArConfig
+from prefrestore.model.instructions import CHAT_END, CHAT_START, IMAGE_PLACEHOLDER, chat_prompt
+from prefrestore.model.instructions import IMAGE_END as IM_END
+from prefrestore.model.instructions import IMAGE_START as IM_START
 
 PAD = "<|endoftext|>"
 UNK = "<unk>"
@@ -148,7 +148,7 @@ class ArIntegrator(nn.Module):
 
     # --- prompts (Appendix C) ---
     def prompt_ids(self, instruction: str, lq_ids: torch.Tensor, system_message: str) -> list[int]:
-        """One prompt (:func:`prefrestore.instructions.chat_prompt`) with ``<image>`` replaced by
+        """One prompt (:func:`prefrestore.model.instructions.chat_prompt`) with ``<image>`` replaced by
         ``<im_start> <I..>*N <im_end>`` and ``<S0>`` appended after the ``<im_start>`` trigger."""
         if lq_ids.ndim != 1 or lq_ids.numel() != self.num_image_tokens:
             raise ValueError(f"expected {self.num_image_tokens} LQ ids, got shape {tuple(lq_ids.shape)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from prefrestore.config import build, check_range
+from prefrestore.core.config import build, check_range
 
 LqCondition = Literal["cross_attn", "concat", "concat_channels"]
 ZlowPosition = Literal["none", "sincos2d"]

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prefrestore.atomic import write_json
+from prefrestore.core.atomic import write_json
 
 
 class Connector(nn.Sequential):

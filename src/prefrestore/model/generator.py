@@ -2,7 +2,7 @@
 
 - Latents: ``z = (E(x) - shift) * scale`` with ``x`` in [-1, 1]; decoding inverts it.
 - Velocity: ``v = SANA(x_t, encoder_hidden_states=cond, timestep=schedule.timestep(sigma))``,
-  where ``x_t = (1 - sigma) z + sigma eps`` and the target is ``eps - z`` (:mod:`prefrestore.flow`).
+  where ``x_t = (1 - sigma) z + sigma eps`` and the target is ``eps - z`` (:mod:`prefrestore.model.flow`).
   The SANA pipeline feeds ``sigma * 1000`` (the FlowMatch scheduler's timesteps); the factor lives in
   the ``flow`` section (``num_train_timesteps``).
 - z_low (stage 1.2): the LQ latent through SANA's own frozen ``patch_embed`` -> ``vae_connector``

@@ -28,12 +28,11 @@ from diffusers import AutoencoderDC, SanaTransformer2DModel
 from torch import nn
 from torch.nn import functional as F
 
-from prefrestore.atomic import atomic_path, write_json
-from prefrestore.flow import FlowSchedule
-from prefrestore.instructions import NO_CAPTION_TEMPLATE
+from prefrestore.core.atomic import atomic_path, write_json
 from prefrestore.model.ar import ArIntegrator
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.connectors import Connector, load_connector, save_connectors, sincos_2d
+from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.generator import (
     Condition,
     build_transformer,
@@ -42,6 +41,7 @@ from prefrestore.model.generator import (
     encode_latent,
     velocity,
 )
+from prefrestore.model.instructions import NO_CAPTION_TEMPLATE
 from prefrestore.model.tokenizer import SemanticTokenizer
 
 Stage = Literal["1.1", "1.2", "2"]

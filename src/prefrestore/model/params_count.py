@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from prefrestore.config import load
+from prefrestore.core.config import load
 from prefrestore.model.ar import qwen3_config
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.connectors import Connector

@@ -2,7 +2,7 @@
 
 Each part comes from its own published checkpoint, staged under ``$PREFRESTORE_MODEL_STORE``
 (see ``prefrestore weights plan``); nothing is downloaded. A missing part raises
-:class:`prefrestore.weights.MissingWeights` naming the file and where it belongs.
+:class:`prefrestore.core.weights.MissingWeights` naming the file and where it belongs.
 
 - AR: Qwen3 + its tokenizer from the BLIP3o-NEXT folder (vocabulary already extended there;
   extended here otherwise and the embeddings resized).
@@ -19,12 +19,12 @@ import torch
 from diffusers import AutoencoderDC, SanaTransformer2DModel
 from transformers import AutoTokenizer, Qwen3ForCausalLM, SiglipVisionModel
 
+from prefrestore.core.weights import WeightFile, require
 from prefrestore.model.ar import ArIntegrator, extend_vocabulary
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.connectors import Connector
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.tokenizer import SemanticTokenizer
-from prefrestore.weights import WeightFile, require
 
 BLIP3O_NEXT = WeightFile("blip3o-next-ar", "store", "BLIP3o-NEXT-SFT-3B", None,
                          "model (Qwen3 AR integrator + extended tokenizer)", "https://huggingface.co/BLIP3o/BLIP3o-NEXT-SFT-3B")

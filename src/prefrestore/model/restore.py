@@ -3,7 +3,7 @@
 :func:`restore` is the plain function (float tensors in [0, 1]); :class:`Restorer` loads a model
 directory and takes/returns uint8 ``[H, W, 3]`` arrays (the CLI, the MLflow pyfunc and the
 evaluation step use it). Upstream inference: greedy AR, CFG 2.0 with the null condition = zeros,
-30 Euler steps (SPEC §2). Our grid comes from :class:`prefrestore.flow.FlowSchedule` and ends at
+30 Euler steps (SPEC §2). Our grid comes from :class:`prefrestore.model.flow.FlowSchedule` and ends at
 sigma = 0 exactly (SPEC §6 trap 2).
 
 Determinism: sample ``i`` of a batch starts from noise drawn on the CPU from seed ``seed + i``, so an
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prefrestore import samplers
-from prefrestore.config import Params, build, check_range
-from prefrestore.flow import FlowSchedule
-from prefrestore.instructions import restoration_instruction
+from prefrestore.core.config import Params, build, check_range
+from prefrestore.model import samplers
+from prefrestore.model.flow import FlowSchedule
+from prefrestore.model.instructions import restoration_instruction
 from prefrestore.model.model import PrefRestoreModel
 
 
@@ -35,7 +35,7 @@ class RestoreConfig:
 
     steps: int  # ODE steps of the sampler
     cfg_scale: float  # classifier-free guidance scale; 1 = conditional only
-    sampler: Literal["euler", "dpm2"]  # ODE solver (prefrestore.samplers)
+    sampler: Literal["euler", "dpm2"]  # ODE solver (prefrestore.model.samplers)
     ar_greedy: bool  # greedy AR decoding (restoration); false: top-k / top-p sampling
     ar_top_p: float  # nucleus mass when ar_greedy is false
     ar_top_k: int  # top-k when ar_greedy is false (0 = off)
@@ -141,8 +141,8 @@ INFERENCE_FILE = "inference.json"
 
 def save_inference(model_dir: Path, settings: RestoreConfig, schedule: FlowSchedule) -> None:
     """Write the inference settings next to the weights (they travel with the model, STYLE §4)."""
-    from prefrestore.atomic import write_json
-    from prefrestore.config import as_dict
+    from prefrestore.core.atomic import write_json
+    from prefrestore.core.config import as_dict
 
     write_json(Path(model_dir) / INFERENCE_FILE, {"restore": as_dict(settings), "flow": as_dict(schedule)})
 

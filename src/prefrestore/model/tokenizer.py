@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from prefrestore.atomic import write_json
+from prefrestore.core.atomic import write_json
 from prefrestore.model.config import TokenizerConfig
 
 SIGLIP_MEAN = 0.5  # SigLIP normalises [0, 1] pixels with mean 0.5, std 0.5 -> [-1, 1]

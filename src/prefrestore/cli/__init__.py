@@ -1,0 +1,2 @@
+"""The ``prefrestore`` command line: argument parsing only, over the library's ``run`` functions.
+"""

@@ -1,0 +1,232 @@
+"""Pref-Restore as an MLflow pyfunc model: the registry's unit of deployment.
+
+The model's one artifact is the HF-style model directory (``config.json`` + ``*.safetensors`` per
+component, no training checkpoints). Loading it calls ``Restorer.from_pretrained(dir)`` from
+``prefrestore.model.restore``; ``predict`` takes and returns pandas DataFrames, so the model works
+with ``mlflow models serve`` (``env_manager=local`` in the project's container image, where the
+``prefrestore`` package is installed):
+
+input columns                                  | output columns
+---------------------------------------------- | ------------------------------
+``image``: base64 PNG/JPEG bytes (any size/mode) | ``image``: base64 PNG of the restored face
+``caption``: optional text (Appendix D caption)  |
+``seed``: optional int (default from params)     |
+``steps``: optional int (default: the model's)   |
+
+Inputs go through the project's one decoder (:func:`prefrestore.core.images.load_rgb`) and geometry
+policy (:func:`prefrestore.core.images.fit_square`): any size or mode is accepted, non-square faces are
+centre-cropped, and photos wider than ``max_aspect`` are refused (no face detector is shipped, so
+whole unaligned photos must be cropped to the face first).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from prefrestore.core import images
+
+IMAGE_COL, CAPTION_COL, SEED_COL, STEPS_COL = "image", "caption", "seed", "steps"
+OPTIONAL_COLS = (CAPTION_COL, SEED_COL, STEPS_COL)
+MODEL_DIR_ARTIFACT = "model_dir"
+EXCLUDED_FROM_ARTIFACT = ("checkpoints",)  # training state never ships with the model
+
+
+class RestorerLike(Protocol):
+    """What the pyfunc needs from a loaded model (``prefrestore.model.restore.Restorer``)."""
+
+    resolution: int
+
+    def restore_uint8(
+        self, images: list[np.ndarray], captions: list[str] | None, seed: int, steps: int | None
+    ) -> list[np.ndarray]: ...
+
+
+Loader = Callable[[Path], RestorerLike]
+
+
+def load_restorer(model_dir: Path) -> RestorerLike:
+    """The real loader: ``Restorer.from_pretrained`` on a local HF-style directory (offline)."""
+    from prefrestore.model.restore import Restorer
+
+    return Restorer.from_pretrained(model_dir)
+
+
+def model_resolution(restorer: RestorerLike) -> int:
+    """The square side the model restores at (taken from the model's own config)."""
+    res = restorer.resolution
+    if not isinstance(res, int) or res <= 0:
+        raise ValueError(f"restorer reports an invalid resolution {res!r}")
+    return res
+
+
+def encode_b64_png(img: np.ndarray) -> str:
+    return base64.b64encode(images.encode_png(img)).decode("ascii")
+
+
+def decode_b64_image(text: str, row: int) -> np.ndarray:
+    """base64 image bytes -> uint8 HWC; a clear error names the row on bad input."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"row {row}: column '{IMAGE_COL}' must be a non-empty base64 string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"row {row}: column '{IMAGE_COL}' is not valid base64 ({exc})") from None
+    try:
+        return images.load_rgb(data)
+    except images.BadImage as exc:
+        raise ValueError(f"row {row}: bad image ({exc})") from exc
+
+
+def _optional(frame: pd.DataFrame, col: str, row: int) -> Any:
+    if col not in frame.columns:
+        return None
+    value = frame[col].iloc[row]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def restore_arrays(
+    restorer: RestorerLike,
+    faces: Sequence[np.ndarray],
+    captions: Sequence[str | None],
+    seeds: Sequence[int],
+    steps: Sequence[int | None],
+    max_aspect: float,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Restore decoded faces of any size: fit each to the model's square, batch rows that share
+    (seed, steps, captioned or not), and return the outputs in input order.
+
+    Raises ``images.BadImage("aspect")`` for a photo wider than ``max_aspect`` (no face detector).
+    """
+    resolution = model_resolution(restorer)
+    squares = [images.fit_square(f, resolution, max_aspect) for f in faces]
+    groups: dict[tuple[int, int | None, bool], list[int]] = {}
+    for i in range(len(squares)):
+        groups.setdefault((int(seeds[i]), steps[i], captions[i] is not None), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(squares)
+    for (seed, n_steps, captioned), rows in groups.items():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            caps = [str(captions[i]) for i in chunk] if captioned else None
+            restored = restorer.restore_uint8([squares[i] for i in chunk], caps, seed, n_steps)
+            if len(restored) != len(chunk):
+                raise RuntimeError(f"restorer returned {len(restored)} images for {len(chunk)} inputs")
+            for i, img in zip(chunk, restored, strict=True):
+                out[i] = np.asarray(img, dtype=np.uint8)
+    return [o for o in out if o is not None]
+
+
+class PrefRestorePyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper. ``loader`` builds the restorer from the model directory artifact; it is
+    :func:`load_restorer` in production (tests inject a stand-in)."""
+
+    def __init__(
+        self, variant: str, default_seed: int, max_aspect: float, batch_size: int, loader: Loader = load_restorer
+    ) -> None:
+        self.variant = variant
+        self.default_seed = default_seed
+        self.max_aspect = max_aspect
+        self.batch_size = batch_size
+        self._loader = loader
+        self.restorer: RestorerLike | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.restorer = self._loader(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
+
+    def __getstate__(self) -> dict[str, Any]:  # the loaded model is never pickled
+        state = dict(self.__dict__)
+        state["restorer"] = None
+        return state
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if self.restorer is None:
+            raise RuntimeError("model not loaded: load it with mlflow.pyfunc.load_model")
+        frame = pd.DataFrame(model_input)
+        if IMAGE_COL not in frame.columns:
+            raise ValueError(f"input needs a '{IMAGE_COL}' column of base64-encoded PNG/JPEG bytes")
+        n = len(frame)
+        faces = [decode_b64_image(frame[IMAGE_COL].iloc[i], i) for i in range(n)]
+        captions = [_optional(frame, CAPTION_COL, i) for i in range(n)]
+        seeds = [int(s) if (s := _optional(frame, SEED_COL, i)) is not None else self.default_seed for i in range(n)]
+        steps = [int(s) if (s := _optional(frame, STEPS_COL, i)) is not None else None for i in range(n)]
+        try:
+            restored = restore_arrays(self.restorer, faces, captions, seeds, steps, self.max_aspect, self.batch_size)
+        except images.BadImage as exc:
+            raise ValueError(f"{exc}: crop the photo to the face first (no face detector is shipped)") from exc
+        return pd.DataFrame({IMAGE_COL: [encode_b64_png(r) for r in restored]})
+
+
+def example_frame(side: int = 16) -> pd.DataFrame:
+    """A small input example (a grey gradient face stand-in) with every column filled."""
+    ramp = np.linspace(0, 255, side * side, dtype=np.float64).reshape(side, side)
+    img = np.repeat(ramp[..., None], 3, axis=2).astype(np.uint8)
+    # seed/steps are doubles in the schema: an integer column cannot hold a missing value (NaN).
+    return pd.DataFrame({IMAGE_COL: [encode_b64_png(img)], CAPTION_COL: ["a photography of a person"],
+                         SEED_COL: [0.0], STEPS_COL: [1.0]})
+
+
+def signature() -> Any:
+    """The model signature: inferred from the example, then caption/seed/steps marked optional."""
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    example = example_frame()
+    inferred = infer_signature(example, example[[IMAGE_COL]])
+    cols = [ColSpec(c.type, c.name, required=c.name not in OPTIONAL_COLS) for c in inferred.inputs.inputs]
+    inferred.inputs = Schema(cols)
+    return inferred
+
+
+def stage_model_dir(model_dir: Path, staging: Path) -> Path:
+    """The model directory without training checkpoints (hard links where possible, else copies)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    if not any((model_dir / e).exists() for e in EXCLUDED_FROM_ARTIFACT):
+        return model_dir
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            Path(dst).hardlink_to(src)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    target = staging / model_dir.name
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns(*EXCLUDED_FROM_ARTIFACT),
+                    copy_function=link_or_copy)
+    return target
+
+
+def log_pyfunc(
+    name: str,
+    model_dir: Path,
+    python_model: PrefRestorePyfunc,
+    pip_requirements: Sequence[str],
+) -> Any:
+    """Log the pyfunc (artifact = the model directory) in the active MLflow run; returns ModelInfo.
+
+    MLflow checks the input example at log time by loading the model and predicting on it (a
+    warning, not an error, when that fails); the example is one 16 px image at ``steps=1`` so the
+    check stays cheap. Requirements are given explicitly: inferring them would load the model in a
+    subprocess.
+    """
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=python_model,
+        artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+        signature=signature(),
+        input_example=example_frame(),
+        pip_requirements=list(pip_requirements),
+    )

@@ -1,0 +1,456 @@
+"""DiffusionNFT core, model-agnostic: advantages (Eq. 12), the NFT loss (Eqs. 13-15), the old policy.
+
+Everything here works on tensors and velocity callables, so the SANA-based stage-2 loop and the toy
+2-D test share one implementation. A policy callable is ``fn(x, sigma, group) -> v`` where ``sigma``
+is ``[B]`` and ``group`` ``[B]`` (long) indexes the caller's cached conditions (one per group).
+
+One epoch (:func:`nft_epoch`, SPEC §3 "Stage 2 in detail"):
+1. rollouts: ``group_size`` deterministic samples per condition from the OLD policy, differing only
+   in their initial noise (:func:`prefrestore.model.samplers.sample`, grid ending at sigma = 0);
+2. rewards -> advantages -> optimality probabilities ``r`` (:func:`advantages`; groups keyed by
+   sample id, never by caption — SPEC §6 trap 4);
+3. ``timesteps_per_sample`` forward-noised copies of every rollout, loss :func:`nft_loss`, gradients
+   accumulated over the whole epoch, one clipped optimizer step;
+4. old policy <- ``d`` old + ``(1 - d)`` current (:func:`ema_update_`, :func:`old_policy_decay`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from prefrestore.core.config import check_range
+from prefrestore.model.flow import FlowSchedule, interpolate, velocity_target
+from prefrestore.model.lora import ema_update_
+from prefrestore.model.samplers import sample
+from prefrestore.train import distributed
+
+PolicyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossForm = Literal["velocity", "x0_adaptive"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """Params section ``stage2`` (every field is commented in ``params.yaml``)."""
+
+    beta: float
+    adv_clip: float
+    adv_eps: float
+    kl_weight: float
+    loss_form: LossForm
+    policy_scale: float
+    group_size: int
+    groups_per_epoch: int
+    sample_batch: int
+    train_batch: int
+    timesteps_per_sample: int
+    sampler: Literal["euler", "dpm2"]
+    sampler_steps: int
+    cfg_scale: float
+    decay_type: Literal[0, 1, 2]
+    lr: float
+    lr_schedule: Literal["constant"]
+    weight_decay: float
+    adam_betas: tuple[float, float]
+    adam_eps: float
+    grad_clip: float
+    lora_rank: int
+    lora_alpha: int
+    lora_targets: tuple[str, ...]
+    epochs: int
+    eval_every: int
+    heldout_size: int
+    eval_seeds: int
+    determinism_seeds: int
+    checkpoint_every: int
+    checkpoint_keep: int
+    grid_samples: int
+    mixed_precision: Literal["bf16", "no"]
+
+    def __post_init__(self) -> None:
+        check_range("beta", self.beta, 1e-6, 1.0)
+        check_range("adv_clip", self.adv_clip, 1e-6, 1e6)
+        check_range("adv_eps", self.adv_eps, 0.0, 1.0)
+        check_range("kl_weight", self.kl_weight, 0.0, 1e6)
+        check_range("policy_scale", self.policy_scale, 1e-9, 1e6)
+        check_range("group_size", self.group_size, 2, 1e6)
+        check_range("groups_per_epoch", self.groups_per_epoch, 1, 1e6)
+        check_range("sample_batch", self.sample_batch, 1, 1e6)
+        check_range("train_batch", self.train_batch, 1, 1e6)
+        check_range("timesteps_per_sample", self.timesteps_per_sample, 1, 1e4)
+        check_range("sampler_steps", self.sampler_steps, 1, 1e4)
+        check_range("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        check_range("lr", self.lr, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("adam_betas[0]", self.adam_betas[0], 0.0, 1.0 - 1e-9)
+        check_range("adam_betas[1]", self.adam_betas[1], 0.0, 1.0 - 1e-9)
+        check_range("adam_eps", self.adam_eps, 0.0, 1.0)
+        check_range("grad_clip", self.grad_clip, 1e-9, 1e9)
+        check_range("lora_rank", self.lora_rank, 1, 4096)
+        check_range("lora_alpha", self.lora_alpha, 1, 1e5)
+        if not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module")
+        check_range("epochs", self.epochs, 0, 1e7)
+        check_range("eval_every", self.eval_every, 0, 1e7)
+        check_range("heldout_size", self.heldout_size, 1, 1e7)
+        check_range("eval_seeds", self.eval_seeds, 1, 1e4)
+        check_range("determinism_seeds", self.determinism_seeds, 0, 1e4)
+        if self.determinism_seeds == 1:
+            raise ValueError("determinism_seeds must be 0 (off) or >= 2: a std needs two seeds")
+        check_range("checkpoint_every", self.checkpoint_every, 0, 1e7)
+        check_range("checkpoint_keep", self.checkpoint_keep, 1, 1e4)
+        check_range("grid_samples", self.grid_samples, 0, 1e4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Eq. 12: group-centred, globally scaled advantages -> optimality probabilities r in [0, 1]
+# --------------------------------------------------------------------------------------------------
+
+
+def _group_index(group_ids: Sequence[Hashable] | torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """Dense ``[N]`` group index from sample-id keys (ints or strings)."""
+    if isinstance(group_ids, torch.Tensor):
+        group_ids = group_ids.reshape(-1).tolist()
+    keys = list(group_ids)
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} group ids for {n} rewards")
+    lookup: dict[Hashable, int] = {}
+    index = [lookup.setdefault(k, len(lookup)) for k in keys]
+    return torch.tensor(index, dtype=torch.long), len(lookup)
+
+
+def advantages(
+    rewards: torch.Tensor,
+    group_ids: Sequence[Hashable] | torch.Tensor,
+    clip: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Paper Eq. 12 as released: ``A = (R - mean_group) / (std_global + eps)``, ``r = clip(A,-c,c)/c/2 + 1/2``.
+
+    ``group_ids`` key the groups: pass the SAMPLE id each rollout was drawn for (ints/strings), never
+    its caption (two faces with one caption are different groups; SPEC §6 trap 4). The std is the
+    population std over the whole batch (the paper's ``Z`` is ``clip * std_global``).
+    Returns ``(A [N], r [N], stats)``; stats count zero-variance groups (their ``A`` is 0, so their
+    samples only pull the policy towards the old one; SPEC §6 trap 8).
+    """
+    r_raw = rewards.detach().reshape(-1).to(torch.float64)
+    n = r_raw.numel()
+    if n == 0:
+        raise ValueError("advantages: empty reward batch")
+    if not torch.isfinite(r_raw).all():
+        raise ValueError("advantages: rewards contain NaN or inf")
+    index, num_groups = _group_index(group_ids, n)
+    index = index.to(r_raw.device)
+    count = torch.zeros(num_groups, dtype=torch.float64, device=r_raw.device).index_add_(
+        0, index, torch.ones_like(r_raw))
+    mean = torch.zeros_like(count).index_add_(0, index, r_raw) / count
+    centred = r_raw - mean[index]
+    group_var = torch.zeros_like(count).index_add_(0, index, centred**2) / count
+    std_global = r_raw.std(unbiased=False)
+    adv = centred / (std_global + eps)
+    r = (adv.clamp(-clip, clip) / clip / 2.0 + 0.5).clamp(0.0, 1.0)
+    zero = int((group_var <= 0.0).sum())
+    stats = {
+        "num_groups": float(num_groups),
+        "zero_std_groups": float(zero),
+        "zero_std_ratio": zero / num_groups,
+        "reward_mean": float(r_raw.mean()),
+        "reward_std": float(std_global),
+        "group_std_mean": float(group_var.sqrt().mean()),
+        "abs_adv_mean": float(adv.abs().mean()),
+        "clipped_fraction": float((adv.abs() > clip).to(torch.float64).mean()),
+    }
+    dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.float32
+    return adv.to(dtype), r.to(dtype), stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Eqs. 13-15: the NFT loss
+# --------------------------------------------------------------------------------------------------
+
+LOSS_PARTS = ("loss", "policy_loss", "kl", "positive_loss", "negative_loss", "old_deviation")  # nft_loss's parts
+
+
+def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else x
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def nft_loss(
+    v_theta: torch.Tensor,
+    v_old: torch.Tensor,
+    x_t: torch.Tensor,
+    sigma: torch.Tensor,
+    x0: torch.Tensor,
+    r: torch.Tensor,
+    *,
+    beta: float,
+    form: LossForm,
+    kl_weight: float,
+    policy_scale: float,
+    target_v: torch.Tensor | None = None,
+    v_ref: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DiffusionNFT objective (paper Eqs. 13-15), in one of two forms.
+
+    Implicit policies (Eqs. 13-14), ``g = beta``, ``v_old`` treated as a constant::
+
+        v+ = (1 - g) v_old + g v_theta          v- = (1 + g) v_old - g v_theta
+
+    - ``velocity`` (Eq. 15 as written): ``L = mean_B[r ||v+ - u||^2 + (1 - r) ||v- - u||^2]`` with
+      ``u = noise - x0`` (``target_v``; if omitted it is recovered as ``(x_t - x0) / sigma``).
+    - ``x0_adaptive`` (released code): ``x0_hat = x_t - sigma v``,
+      ``L(v) = mean ||x0_hat - x0||^2 / sg(mean |x0_hat - x0|)`` per sample, and
+      ``policy = mean_B[r L(v+) + (1 - r) L(v-)] / g``.
+
+    The total is ``policy_scale * policy + kl_weight * mean ||v_theta - v_ref||^2``. Norms are means
+    over all non-batch elements. Returns ``(loss, parts)`` with detached diagnostics.
+    """
+    if form not in ("velocity", "x0_adaptive"):
+        raise ValueError(f"unknown NFT loss form '{form}'")
+    if not (v_theta.shape == v_old.shape == x_t.shape == x0.shape):
+        raise ValueError("v_theta, v_old, x_t and x0 must share one shape")
+    if kl_weight > 0.0 and v_ref is None:
+        raise ValueError("kl_weight > 0 needs v_ref (the frozen reference model's velocity)")
+    g = beta
+    v_old = v_old.detach()
+    v_pos = (1.0 - g) * v_old + g * v_theta  # Eq. 13
+    v_neg = (1.0 + g) * v_old - g * v_theta  # Eq. 14
+    if form == "velocity":
+        if target_v is None:
+            s = _bcast(sigma.to(x_t.dtype), x_t)
+            if bool((s <= 0).any()):
+                raise ValueError("target_v is needed where sigma == 0")
+            target_v = (x_t - x0) / s
+        l_pos = _per_sample_mean((v_pos - target_v) ** 2)
+        l_neg = _per_sample_mean((v_neg - target_v) ** 2)
+        policy = torch.mean(r * l_pos + (1.0 - r) * l_neg)  # Eq. 15
+    else:
+        s = _bcast(sigma.to(x_t.dtype), x_t)
+
+        def adaptive(v: torch.Tensor) -> torch.Tensor:
+            err = (x_t - s * v) - x0  # x0_hat - x0
+            with torch.no_grad():
+                w = _per_sample_mean(err.detach().abs().double()).clamp_min(1e-5).to(err.dtype)
+            return _per_sample_mean(err**2) / w
+
+        l_pos, l_neg = adaptive(v_pos), adaptive(v_neg)
+        policy = torch.mean(r * l_pos + (1.0 - r) * l_neg) / g
+    policy = policy_scale * policy
+    kl = torch.mean((v_theta - v_ref.detach()) ** 2) if v_ref is not None else v_theta.new_zeros(())
+    loss = policy + kl_weight * kl
+    parts = {
+        "loss": loss.detach(),
+        "policy_loss": policy.detach(),
+        "kl": kl.detach(),
+        "positive_loss": l_pos.mean().detach(),
+        "negative_loss": l_neg.mean().detach(),
+        "old_deviation": torch.mean((v_theta.detach() - v_old) ** 2),
+    }
+    return loss, parts
+
+
+# --------------------------------------------------------------------------------------------------
+# The old (sampling) policy
+# --------------------------------------------------------------------------------------------------
+
+
+def old_policy_decay(step: int, decay_type: int) -> float:
+    """EMA decay ``d`` of the old policy after optimizer step ``step`` (DiffusionNFT schedules).
+
+    - type 0: ``d = 0`` — the old policy is the current one (fully on-policy);
+    - type 1: ``d = min(1e-3 step, 0.5)`` — the paper/released choice;
+    - type 2: ``d = 0`` for the first 75 steps, then ``min(7.5e-3 (step - 75), 0.999)``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if decay_type == 0:
+        return 0.0
+    if decay_type == 1:
+        return min(1e-3 * step, 0.5)
+    if decay_type == 2:
+        return 0.0 if step < 75 else min(7.5e-3 * (step - 75), 0.999)
+    raise ValueError(f"unknown old-policy decay type {decay_type}; use 0, 1 or 2")
+
+
+# --------------------------------------------------------------------------------------------------
+# One epoch: rollouts -> rewards -> advantages -> loss -> step -> old-policy EMA
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Clean samples of one epoch: ``x0 [N, ...]`` and the group (condition) index of each."""
+
+    x0: torch.Tensor
+    group: torch.Tensor  # [N] long: index into the caller's conditions
+    noise: torch.Tensor  # [N, ...] the initial noises (the rollouts are a function of these)
+
+
+def collect_rollouts(
+    v_old: PolicyFn,
+    groups: Sequence[int],
+    group_size: int,
+    noise_shape: Sequence[int],
+    sigmas: torch.Tensor,
+    sampler: Literal["euler", "dpm2"],
+    sample_batch: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    noise: torch.Tensor | None = None,
+) -> Rollouts:
+    """``group_size`` deterministic samples per group from ``v_old``, differing only in noise.
+
+    ``noise``: the initial noises ``[len(groups) group_size, ...]`` when the caller drew them
+    (a rank's share of an epoch, :mod:`prefrestore.train.rollout_shards`); default: drawn from ``generator``.
+    """
+    group = torch.tensor([g for g in groups for _ in range(group_size)], dtype=torch.long, device=device)
+    if noise is None:
+        noise = torch.randn((group.numel(), *noise_shape), generator=generator, device=generator.device)
+    if noise.shape[0] != group.numel():
+        raise ValueError(f"{noise.shape[0]} noises for {group.numel()} rollouts")
+    noise = noise.to(device)
+    outs = []
+    starts = range(0, group.numel(), sample_batch)
+    for start in tqdm(starts, desc="rollouts", disable=not progress, leave=False):
+        gb = group[start:start + sample_batch]
+
+        def fn(x: torch.Tensor, s: torch.Tensor, gb: torch.Tensor = gb) -> torch.Tensor:
+            return v_old(x, s, gb)
+
+        outs.append(sample(fn, noise[start:start + sample_batch], sigmas, method=sampler))
+    return Rollouts(x0=torch.cat(outs), group=group, noise=noise)
+
+
+def nft_train_step(
+    v_theta: PolicyFn,
+    v_old: PolicyFn,
+    v_ref: PolicyFn | None,
+    rollouts: Rollouts,
+    r: torch.Tensor,
+    cfg: Stage2Config,
+    schedule: FlowSchedule,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    progress: bool = False,
+    slots: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """One optimizer step: the NFT loss (Eqs. 13-15) over every rollout x ``timesteps_per_sample`` fresh sigmas.
+
+    Gradients accumulate over micro-batches of ``train_batch``; the loss of each micro-batch is
+    weighted by its share of the epoch, so the step sees the mean loss. Clips the global norm.
+
+    Under several processes, ``slots [N]`` covers the epoch's N rollouts (all ranks): the index of
+    each in this rank's ``rollouts`` and ``r``, or -1 for another rank's. Every rank draws the same
+    permutation, sigmas and noises for all N, trains on its own rows of each micro-batch, and the
+    gradients and loss terms are summed over ranks before the clipped step, so every rank takes
+    the step a single process would take on all N.
+    """
+    n = rollouts.x0.shape[0] if slots is None else slots.numel()
+    device = rollouts.x0.device
+    optimizer.zero_grad(set_to_none=True)
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    totals: dict[str, float] = {}
+    chunks = [perm[i:i + cfg.train_batch] for i in range(0, n, cfg.train_batch)]
+    work = [(c, j) for c in chunks for j in range(cfg.timesteps_per_sample)]
+    for idx, _ in tqdm(work, desc="nft train", disable=not progress, leave=False):
+        sigma = schedule.sample_sigma(idx.numel(), generator=generator).to(device)
+        eps = torch.randn((idx.numel(), *rollouts.x0.shape[1:]), generator=generator,
+                          device=generator.device).to(device)
+        if slots is not None:  # this rank's rows of the micro-batch (the draws above cover all of it)
+            local = slots.to(device)[idx]
+            mine = local >= 0
+            if not bool(mine.any()):
+                continue
+            idx, sigma, eps = local[mine], sigma[mine], eps[mine]
+        x0 = rollouts.x0[idx]
+        grp = rollouts.group[idx]
+        x_t = interpolate(x0, eps, sigma)
+        with torch.no_grad():
+            vo = v_old(x_t, sigma, grp)
+            vr = v_ref(x_t, sigma, grp) if v_ref is not None else None
+        vt = v_theta(x_t, sigma, grp)
+        loss, parts = nft_loss(
+            vt, vo, x_t, sigma, x0, r[idx], beta=cfg.beta, form=cfg.loss_form,
+            kl_weight=cfg.kl_weight if v_ref is not None else 0.0, policy_scale=cfg.policy_scale,
+            target_v=velocity_target(x0, eps), v_ref=vr,
+        )
+        weight = idx.numel() / (n * cfg.timesteps_per_sample)
+        (loss * weight).backward()
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * weight
+    if slots is not None:  # each rank's terms are weighted by its share of N: the sums are the epoch's
+        distributed.sum_grads_(params)
+        totals = distributed.sum_floats({k: totals.get(k, 0.0) for k in LOSS_PARTS})
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(params), cfg.grad_clip)
+    if not math.isfinite(float(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"non-finite gradient norm {float(grad_norm)}; step skipped")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    totals["grad_norm"] = float(grad_norm)
+    return totals
+
+
+def nft_epoch(
+    *,
+    v_theta: PolicyFn,
+    v_old: PolicyFn,
+    v_ref: PolicyFn | None,
+    reward_fn: RewardFn,
+    groups: Sequence[int],
+    group_keys: Sequence[Hashable],
+    noise_shape: Sequence[int],
+    cfg: Stage2Config,
+    schedule: FlowSchedule,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    old_params: Sequence[torch.Tensor],
+    step: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One DiffusionNFT epoch (see the module docstring); returns the epoch's statistics.
+
+    ``groups[i]`` indexes the caller's condition cache and ``group_keys[i]`` is that condition's
+    SAMPLE id (the advantage grouping key). ``reward_fn(x0, group) -> [N]`` scores the rollouts
+    (higher is better). ``params``/``old_params`` are the trainable tensors behind ``v_theta`` and
+    ``v_old``; after the step the old ones move by :func:`ema_update_` with
+    ``d = old_policy_decay(step + 1, cfg.decay_type)``. ``step`` counts optimizer steps done before.
+    """
+    if len(groups) != len(group_keys):
+        raise ValueError("groups and group_keys must have the same length")
+    sigmas = schedule.sigmas(cfg.sampler_steps, device=device)
+    rolls = collect_rollouts(v_old, groups, cfg.group_size, noise_shape, sigmas, cfg.sampler,
+                             cfg.sample_batch, generator, device, progress)
+    with torch.no_grad():
+        rewards = reward_fn(rolls.x0, rolls.group).detach().reshape(-1).float()
+    if rewards.numel() != rolls.x0.shape[0]:
+        raise ValueError(f"reward_fn returned {rewards.numel()} scores for {rolls.x0.shape[0]} rollouts")
+    keys = [group_keys[list(groups).index(g)] for g in rolls.group.tolist()]
+    _, r, adv_stats = advantages(rewards, keys, cfg.adv_clip, cfg.adv_eps)
+    train_stats = nft_train_step(v_theta, v_old, v_ref, rolls, r.to(rolls.x0.device), cfg, schedule,
+                                 optimizer, params, generator, progress)
+    d = old_policy_decay(step + 1, cfg.decay_type)
+    ema_update_(old_params, params, d)
+    x_flat = rolls.x0.reshape(rolls.x0.shape[0], -1).float()
+    return {
+        **adv_stats,
+        **train_stats,
+        "old_decay": d,
+        "rollout_var": float(x_flat.var(dim=0, unbiased=True).mean()),
+        "rewards": rewards.cpu(),
+        "x0": rolls.x0.detach(),
+    }

@@ -1,0 +1,78 @@
+"""`prefrestore restore`: files and folders of any size/mode, bad inputs reported, model by alias or dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.standin import bicubic, load_standin, make_model_dir, make_reports, metrics
+from PIL import Image
+
+from prefrestore.cli.main import main as cli
+from prefrestore.core import images
+from prefrestore.core.config import load
+from prefrestore.registry import register
+
+
+def write_inputs(root: Path) -> dict[str, np.ndarray]:
+    """A folder with an RGBA PNG, a greyscale JPEG in a subfolder, a wide photo and a corrupt file."""
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(root / "a.png")
+    grey = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(root / "sub" / "b.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 256, (30, 120, 3), dtype=np.uint8)).save(root / "wide.png")
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return {"a.png": images.load_rgb(root / "a.png"), "sub/b.png": images.load_rgb(root / "sub" / "b.jpg")}
+
+
+def test_restore_folder_with_registered_champion(tmp_path, capsys):
+    register.run(load("tiny"), {"fidelity": make_model_dir(tmp_path / "f", 0), "quality": make_model_dir(tmp_path / "q", 1),
+                                "reports": make_reports(tmp_path / "r", metrics(20.0, 0.5), metrics(19.0, 0.4))},
+                 tmp_path / "reg", loader=load_standin)
+    faces = write_inputs(tmp_path / "in")
+    code = cli(["restore", str(tmp_path / "in"), "--variant", "fidelity", "--out", str(tmp_path / "out")])
+
+    assert code == 1  # two inputs failed; the others were still restored
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["a.png", "sub/b.png"]
+    for name, face in faces.items():
+        got = images.load_rgb(tmp_path / "out" / name)
+        np.testing.assert_array_equal(got, bicubic(images.fit_square(face, 32, 2.0)))
+    err = capsys.readouterr().err
+    assert "wide.png: aspect" in err and "no face detector" in err
+    assert "bad.png" in err
+
+
+def test_restore_with_local_model_dir_seed_and_caption(tmp_path, monkeypatch):
+    calls = []
+
+    def spy_loader(path):
+        restorer = load_standin(path)
+        calls.append(restorer)
+        return restorer
+
+    monkeypatch.setattr("prefrestore.registry.pyfunc.load_restorer", spy_loader)
+    model_dir = make_model_dir(tmp_path / "m", 0)
+    src = tmp_path / "face.png"
+    images.save_png(src, np.full((32, 32, 3), 90, np.uint8))
+    code = cli(["restore", str(src), "--model", str(model_dir), "--seed", "11", "--steps", "3",
+                     "--caption", "a photography of a woman", "--out", str(tmp_path / "out")])
+    assert code == 0 and (tmp_path / "out" / "face.png").is_file()
+    assert calls[0].calls == [(1, ("a photography of a woman",), 11, 3)]
+
+
+def test_restore_refuses_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit, match="--variant"):
+        cli(["restore", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        cli(["restore", str(tmp_path / "missing.png"), "--variant", "quality", "--out", str(tmp_path / "o")])
+    (tmp_path / "x").mkdir()
+    images.save_png(tmp_path / "x" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    images.save_png(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="same output"):
+        cli(["restore", str(tmp_path / "x"), str(tmp_path / "a.png"), "--variant", "quality",
+                  "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

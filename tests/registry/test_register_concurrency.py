@@ -1,0 +1,133 @@
+"""Concurrent promotions against a real ``mlflow server`` backed by PostgreSQL (tests/helpers/mlflow_server.py).
+
+Candidate versions are created directly in the registry (with the evaluation-summary tag the gate
+reads), then ``register.promote`` runs for several of them at once, each thread with its own
+client. Whatever the interleaving, the registry must end consistent: one champion, equal to the
+champion resolved from every recorded decision, and every candidate's decision recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from mlflow import MlflowClient
+
+from prefrestore.core.config import load
+from prefrestore.registry import gates, register
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('race_store') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])])
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store under test: the SQLite default (fast, default run) or a PostgreSQL-backed
+    ``mlflow server`` on loopback (REST, separate server process; slow: run with -m slow)."""
+    uri = request.getfixturevalue("sqlite_store" if request.param == "sqlite" else "mlflow_pg_server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def cfg() -> register.RegisterConfig:
+    return load("tiny").section("register", register.RegisterConfig)
+
+
+def new_model(client: MlflowClient) -> str:
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    return name
+
+
+def add_candidate(client: MlflowClient, name: str, psnr: float | str, ssim: float) -> int:
+    m = {"celeba_test/psnr": psnr, "celeba_test/ssim": ssim}
+    exp = client.get_experiment_by_name("Default")
+    run = client.create_run(exp.experiment_id)
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags={
+        register.TAG_EVAL: json.dumps(m), register.TAG_CANDIDATE: uuid.uuid4().hex})
+    return int(mv.version)
+
+
+def promote_all(uri: str, name: str, cfg, candidates: dict[int, dict]) -> dict[int, register.PromotionResult]:
+    start = threading.Barrier(len(candidates))
+
+    def one(version: int) -> register.PromotionResult:
+        client = MlflowClient(tracking_uri=uri)  # each promoter its own client, as separate pods would
+        start.wait(timeout=60)
+        return register.promote(client, name, version, candidates[version], cfg.gates["fidelity"], cfg)
+
+    with ThreadPoolExecutor(len(candidates)) as pool:
+        futures = {v: pool.submit(one, v) for v in candidates}
+        return {v: f.result(timeout=300) for v, f in futures.items()}
+
+
+def assert_consistent(client: MlflowClient, name: str, cfg) -> int | None:
+    versions = register.all_versions(client, name)
+    resolved = gates.resolve_champion(register.recorded_passes(versions))
+    assert register.alias_version(client, name, cfg.champion_alias) == resolved
+    for v in versions:
+        assert register.TAG_OUTCOME in v.tags, f"v{v.version} has no recorded outcome"
+        assert any(k.startswith(register.TAG_DECISION_PREFIX) for k in v.tags) or (
+            int(v.version) == resolved), f"v{v.version} has no recorded decision"
+    return resolved
+
+
+def test_simultaneous_passes_against_one_champion_resolve_to_the_highest_version(server, cfg, monkeypatch):
+    client = MlflowClient(tracking_uri=server)
+    name = new_model(client)
+    v1 = add_candidate(client, name, 20.0, 0.5)
+    assert register.promote(client, name, v1, {"celeba_test/psnr": 20.0, "celeba_test/ssim": 0.5},
+                            cfg.gates["fidelity"], cfg).outcome == "champion"
+    candidates = {add_candidate(client, name, 21.0 + i, 0.5): {"celeba_test/psnr": 21.0 + i, "celeba_test/ssim": 0.5}
+                  for i in range(4)}
+
+    # Hold every decision write against v1 until all four promoters have made theirs: they all pass
+    # the compare-and-set re-read (nobody has moved the alias yet) and record at the same instant.
+    hold = threading.Barrier(len(candidates))
+    real_set = MlflowClient.set_model_version_tag
+
+    def held_set(self, name_, version=None, key=None, value=None, stage=None):  # noqa: ANN001, ANN202
+        if key == f"{register.TAG_DECISION_PREFIX}{v1}":
+            hold.wait(timeout=60)
+        return real_set(self, name_, version, key, value, stage)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", held_set)
+    results = promote_all(server, name, cfg, candidates)
+
+    winner = max(candidates)
+    assert assert_consistent(client, name, cfg) == winner
+    assert {v: r.outcome for v, r in results.items()} == {
+        v: "champion" if v == winner else "superseded" for v in candidates}
+    assert all(r.champion == winner for r in results.values())
+    for v in candidates:  # every loser's evidence is kept
+        decision = json.loads(client.get_model_version(name, str(v)).tags[f"gate.vs.{v1}"])
+        assert decision["passed"] and decision["compared_to"] == str(v1)
+
+
+def test_free_running_promotions_leave_a_consistent_registry(server, cfg):
+    client = MlflowClient(tracking_uri=server)
+    name = new_model(client)
+    # A mix: clear gains, ties within tolerance, losses, and an unavailable metric.
+    specs = [(20.0, 0.50), (20.5, 0.52), (19.0, 0.40), (21.0, 0.55), ("unavailable", 0.9), (20.95, 0.549)]
+    candidates = {add_candidate(client, name, p, s): {"celeba_test/psnr": p, "celeba_test/ssim": s} for p, s in specs}
+    results = promote_all(server, name, cfg, candidates)
+
+    champion = assert_consistent(client, name, cfg)
+    assert champion is not None and sum(r.champion == champion for r in results.values()) >= 1
+    unavailable = next(v for v, m in candidates.items() if m["celeba_test/psnr"] == "unavailable")
+    assert results[unavailable].outcome == "rejected" and champion != unavailable
+    assert candidates[champion]["celeba_test/psnr"] != 19.0  # the clear loss never wins
+    # Re-running every promotion changes nothing: decisions are reused, the champion stays.
+    before = {int(v.version): dict(v.tags) for v in register.all_versions(client, name)}
+    again = promote_all(server, name, cfg, candidates)
+    assert assert_consistent(client, name, cfg) == champion
+    after = {int(v.version): dict(v.tags) for v in register.all_versions(client, name)}
+    assert {v: {k: t for k, t in tags.items() if k.startswith("gate.vs.")} for v, tags in after.items()} == {
+        v: {k: t for k, t in tags.items() if k.startswith("gate.vs.")} for v, tags in before.items()}
+    assert all(r.champion == champion for r in again.values())
