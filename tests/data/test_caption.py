@@ -271,3 +271,13 @@ def test_config_ranges_are_checked(tiny_params):
     with pytest.raises(ConfigError, match="backend"):
         tiny_params.with_overrides({"caption.backend": "blip"}).section("caption", caption.CaptionConfig)
     assert np.isclose(load("paper").section("caption", caption.CaptionConfig).retry_top_p, 0.9)
+
+
+def test_captions_loader(tmp_path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"id": ["a", "b"], "caption": ["a photography of a man", "junk"], "valid": [True, False],
+                  "attempts": [1, 2], "flag": ["", "prefix"]}).to_parquet(tmp_path / "captions.parquet")
+    assert caption.load_captions(tmp_path) == {"a": "a photography of a man", "b": ""}
+    with pytest.raises(FileNotFoundError, match="captions.parquet"):
+        caption.load_captions(tmp_path / "nope")

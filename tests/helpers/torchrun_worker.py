@@ -79,23 +79,29 @@ def install(weights: dict[str, torch.Tensor], reseed: bool, patch=setattr) -> No
     from prefrestore.train import stage2 as train_stage2
     from prefrestore.train.common import trainable_state
 
-    fit, nft_epoch = train_stage1.fit, train_stage2.nft_epoch
+    fit, nft_epoch, sana_policies = train_stage1.fit, train_stage2.nft_epoch, train_stage2.sana_policies
+    models = []  # the stage-2 model, seen when its policies are built
 
     def recording_fit(task, *args, **kwargs):
         result = fit(task, *args, **kwargs)
         weights.update({k: v.detach().cpu().clone() for k, v in trainable_state(task.model).items()})
         return result
 
-    def recording_epoch(model, *args, **kwargs):
-        result = nft_epoch(model, *args, **kwargs)
-        epoch = args[7]  # nft_epoch(model, batch, scorers, rcfg, cfg, schedule, optimizer, params, step, ...)
+    def recording_policies(model, *args, **kwargs):
+        models[:] = [model]
+        return sana_policies(model, *args, **kwargs)
+
+    def recording_epoch(policies, *args, **kwargs):
+        result = nft_epoch(policies, *args, **kwargs)
+        step = args[6]  # nft_epoch(policies, shard, weights, cfg, schedule, optimizer, params, step, ...)
         for name in (lora.CURRENT, lora.OLD):
-            for k, v in lora.adapter_state(model.transformer, name).items():
-                weights[f"e{epoch}.{name}.{k}"] = v
+            for k, v in lora.adapter_state(models[0].transformer, name).items():
+                weights[f"e{step}.{name}.{k}"] = v
         return result
 
     patch(train_stage1, "fit", recording_fit)
     patch(train_stage2, "nft_epoch", recording_epoch)
+    patch(train_stage2, "sana_policies", recording_policies)
     if reseed:
         for cls in (train_stage1.SemanticAlignLoss, train_stage1.TextureAlignLoss):
             patch(cls, "forward", _reseeded(cls.forward))

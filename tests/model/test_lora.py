@@ -9,6 +9,7 @@ from prefrestore.core.config import load
 from prefrestore.model import lora
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.generator import build_transformer
+from prefrestore.model.lora import ema_update_
 from prefrestore.train.nft import Stage2Config
 
 TINY = load("tiny")
@@ -158,3 +159,17 @@ def test_init_is_seeded_and_leaves_the_global_rng_alone() -> None:
     sa, sb, sc = (lora.adapter_state(t, lora.CURRENT) for t in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_ema_update_in_place() -> None:
+    old = [torch.full((2,), 4.0), torch.zeros(3)]
+    new = [torch.full((2,), 2.0), torch.ones(3)]
+    ema_update_(old, new, 0.25)
+    assert torch.allclose(old[0], torch.full((2,), 0.25 * 4 + 0.75 * 2))
+    assert torch.allclose(old[1], torch.full((3,), 0.75))
+    assert torch.equal(new[0], torch.full((2,), 2.0))  # the current policy is not touched
+    ema_update_(old, new, 0.0)
+    assert torch.equal(old[0], new[0])  # d = 0: copy
+    with pytest.raises(ValueError, match="share"):
+        ema_update_(new, new, 0.5)
+

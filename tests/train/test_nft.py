@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefrestore.core.config import ConfigError
-from prefrestore.train.nft import Stage2Config, advantages, ema_update_, nft_loss, old_policy_decay
+from prefrestore.train.nft import Stage2Config, advantages, nft_loss, old_policy_decay
 
 # ---------------------------------------------------------------------------------------------- Eq. 12
 
@@ -168,19 +168,6 @@ def test_old_policy_decay_schedules() -> None:
         old_policy_decay(1, 3)
 
 
-def test_ema_update_in_place() -> None:
-    old = [torch.full((2,), 4.0), torch.zeros(3)]
-    new = [torch.full((2,), 2.0), torch.ones(3)]
-    ema_update_(old, new, 0.25)
-    assert torch.allclose(old[0], torch.full((2,), 0.25 * 4 + 0.75 * 2))
-    assert torch.allclose(old[1], torch.full((3,), 0.75))
-    assert torch.equal(new[0], torch.full((2,), 2.0))  # the current policy is not touched
-    ema_update_(old, new, 0.0)
-    assert torch.equal(old[0], new[0])  # d = 0: copy
-    with pytest.raises(ValueError, match="share"):
-        ema_update_(new, new, 0.5)
-
-
 # ---------------------------------------------------------------------------------------------- config
 
 
@@ -193,8 +180,11 @@ def test_stage2_section_loads(profile: str) -> None:
     if profile == "paper":
         assert (cfg.group_size, cfg.groups_per_epoch, cfg.sample_batch) == (24, 48, 72)
         assert cfg.lr == 3e-4 and cfg.lora_rank == 32 and cfg.lora_alpha == 64 and cfg.loss_form == "velocity"
+        assert cfg.train_timesteps == "fresh" and cfg.zero_std_groups == "keep"
     if profile == "released":
         assert cfg.loss_form == "x0_adaptive" and cfg.policy_scale == 5.0
+        assert cfg.train_timesteps == "grid" and cfg.zero_std_groups == "keep"
+        assert (cfg.timesteps_per_sample, cfg.sampler_steps) == (29, 30)  # int(30 * 0.99) of 30
 
 
 def test_stage2_ranges_are_checked(tiny_params) -> None:
@@ -202,3 +192,64 @@ def test_stage2_ranges_are_checked(tiny_params) -> None:
         tiny_params.with_overrides({"stage2.beta": 2.0}).section("stage2", Stage2Config)
     with pytest.raises(ConfigError):
         tiny_params.with_overrides({"stage2.loss_form": "eps"}).section("stage2", Stage2Config)
+    with pytest.raises(ConfigError, match="zero_std_groups"):
+        tiny_params.with_overrides({"stage2.zero_std_groups": "skip"}).section("stage2", Stage2Config)
+    with pytest.raises(ConfigError, match="rollout grid"):
+        tiny_params.with_overrides({"stage2.train_timesteps": "grid", "stage2.sampler_steps": 2,
+                                    "stage2.timesteps_per_sample": 3}).section("stage2", Stage2Config)
+
+
+# ---------------------------------------------------------------------------------------------- timesteps
+
+
+def test_grid_timesteps_are_a_shuffled_subset_of_the_rollout_grid() -> None:
+    """``train_timesteps: grid``: each rollout trains at k distinct sigmas of its own sampler grid
+    (never sigma = 0), in an order that differs between rollouts and is fixed by the generator."""
+    from prefrestore.core.config import load
+    from prefrestore.model.flow import FlowSchedule
+    from prefrestore.train.nft import grid_timesteps
+
+    params = load("released")
+    cfg = params.section("stage2", Stage2Config)
+    schedule = params.section("flow", FlowSchedule)
+    grid = schedule.sigmas(cfg.sampler_steps)[:-1]
+    a = grid_timesteps(64, cfg, schedule, torch.Generator().manual_seed(0))
+    b = grid_timesteps(64, cfg, schedule, torch.Generator().manual_seed(0))
+    assert a.shape == (64, 29) and torch.equal(a, b)
+    assert bool((a > 0).all())
+    for row in a:
+        assert len(set(row.tolist())) == 29 and set(row.tolist()) <= set(grid.tolist())
+    assert len({tuple(row.tolist()) for row in a}) > 60  # shuffled per rollout
+    assert not torch.equal(a, grid_timesteps(64, cfg, schedule, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("mode", ["fresh", "grid"])
+def test_nft_train_step_trains_at_the_chosen_timesteps(tiny_params, mode: str) -> None:
+    """The sigmas the policy is trained at come from the rollout grid under ``grid``, and are fresh
+    draws (almost surely off the grid) under ``fresh``."""
+    import dataclasses
+
+    from prefrestore.model.flow import FlowSchedule
+    from prefrestore.train.nft import Rollouts, nft_train_step
+
+    cfg = dataclasses.replace(tiny_params.section("stage2", Stage2Config), train_timesteps=mode,
+                              sampler_steps=6, timesteps_per_sample=4, train_batch=3, kl_weight=0.0)
+    schedule = tiny_params.section("flow", FlowSchedule)
+    grid = set(schedule.sigmas(cfg.sampler_steps)[:-1].tolist())
+    net = torch.nn.Linear(3, 2)
+    seen: list[float] = []
+
+    def v_theta(x, sigma, group):
+        seen.extend(sigma.tolist())
+        return net(torch.cat([x, sigma[:, None]], 1))
+
+    def v_old(x, sigma, group):
+        return torch.zeros_like(x)
+
+    rolls = Rollouts(x0=torch.randn(5, 2), group=torch.zeros(5, dtype=torch.long), noise=torch.randn(5, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    nft_train_step(v_theta, v_old, None, rolls, torch.full((5,), 0.7), cfg, schedule, opt, list(net.parameters()),
+                   torch.Generator().manual_seed(0))
+    assert len(seen) == 5 * 4
+    on_grid = sum(s in grid for s in seen)
+    assert on_grid == (len(seen) if mode == "grid" else 0)

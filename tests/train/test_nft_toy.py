@@ -4,6 +4,9 @@ A tiny MLP velocity field is pretrained by flow matching on modes at (-2, 0) and
 loop (deterministic DPM-Solver-2 rollouts from the old policy, K samples per group, a reward that
 prefers the right-hand mode, Eq. 12 advantages, Eqs. 13-15 loss, old-policy EMA) must move the
 samples into that mode: the mean reward rises and the sample variance collapses.
+
+The loop is :func:`prefrestore.train.nft.nft_epoch`, the one ``prefrestore stage2`` runs, with the
+toy's policies plugged in through :class:`~prefrestore.train.nft.Policies`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import pytest
 import torch
 
 from prefrestore.model.flow import FlowSchedule, flow_matching_loss, interpolate
+from prefrestore.model.lora import ema_update_
 from prefrestore.model.samplers import sample
-from prefrestore.train.nft import Stage2Config, nft_epoch
+from prefrestore.train.nft import Policies, Stage2Config, nft_epoch
+from prefrestore.train.rollout_shards import GroupShard
 
 TARGET = torch.tensor([2.0, 0.0])
 
@@ -39,8 +44,8 @@ def two_modes(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([centre, torch.zeros(n)], 1) + 0.25 * torch.randn(n, 2, generator=g)
 
 
-def reward(x0: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    return -((x0 - TARGET) ** 2).sum(1)
+def reward(x0: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"target": -((x0 - TARGET) ** 2).sum(1)}
 
 
 SCHED = FlowSchedule(shift=1.0, num_train_timesteps=1000)
@@ -90,10 +95,15 @@ class Run:
                                      weight_decay=cfg.weight_decay)
 
     def epoch(self, step: int, g: torch.Generator) -> dict:
-        return nft_epoch(v_theta=self.net, v_old=self.old, v_ref=self.ref, reward_fn=reward,
-                         groups=[0, 1, 2, 3], group_keys=["s0", "s1", "s2", "s3"], noise_shape=(2,),
-                         cfg=self.cfg, schedule=SCHED, optimizer=self.opt, params=list(self.net.parameters()),
-                         old_params=list(self.old.parameters()), step=step, generator=g)
+        policies = Policies(current=self.net, old=self.old, ref=self.ref, sampler=self.old, noise_shape=(2,),
+                            score=reward, update_old=lambda d: ema_update_(self.old.parameters(),
+                                                                           self.net.parameters(), d))
+        shard = GroupShard(("s0", "s1", "s2", "s3"), self.cfg.group_size, 0, 1)
+        stats, x0, stepped = nft_epoch(policies, shard, {"target": 1.0}, self.cfg, SCHED, self.opt,
+                                       list(self.net.parameters()), step, g)
+        assert stepped
+        flat = x0.reshape(x0.shape[0], -1)
+        return {**stats, "x0": x0, "rollout_var": float(flat.var(dim=0, unbiased=True).mean())}
 
 
 def test_pretrained_toy_has_both_modes(pretrained: ToyVelocity) -> None:
@@ -110,15 +120,15 @@ def test_nft_moves_samples_to_the_rewarded_mode(pretrained: ToyVelocity, tiny_pa
     ref_before = [p.clone() for p in run.ref.parameters()]
     g = torch.Generator().manual_seed(1)
     history = [run.epoch(step, g) for step in range(40)]
-    r0 = float(history[0]["rewards"].mean())
-    r_end = sum(float(h["rewards"].mean()) for h in history[-3:]) / 3
+    r0 = history[0]["reward/total_mean"]
+    r_end = sum(h["reward/total_mean"] for h in history[-3:]) / 3
     v0, v_end = history[0]["rollout_var"], history[-1]["rollout_var"]
     assert r0 < -5.0  # half the samples start in the wrong mode (squared distance ~16)
     assert r_end > -1.0 and r_end > r0 + 4.0  # mean reward rises
     assert v_end < 0.1 * v0  # sample variance collapses onto one mode
     assert float((history[-1]["x0"][:, 0] > 0).float().mean()) > 0.95
     assert all(torch.equal(a, b) for a, b in zip(ref_before, run.ref.parameters(), strict=True))  # frozen ref
-    assert history[-1]["old_decay"] == pytest.approx(0.04)  # type 1 after 40 steps
+    assert history[-1]["train/old_decay"] == pytest.approx(0.04)  # type 1 after 40 steps
     # the old policy trails the current one: it moved, but is not identical to it
     diff = sum(float((a - b).detach().abs().sum()) for a, b in zip(run.old.parameters(), run.net.parameters(), strict=True))
     assert diff > 0

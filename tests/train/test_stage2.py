@@ -21,8 +21,9 @@ from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import Restorer
 from prefrestore.train import stage2 as train_stage2
-from prefrestore.train.nft import Stage2Config, collect_rollouts
+from prefrestore.train.nft import Stage2Config, collect_rollouts, group_std, nft_epoch
 from prefrestore.train.rewards import RewardsConfig, build_scorers
+from prefrestore.train.rollout_shards import GroupShard
 
 # a few seconds per run: 1 group of 2 rollouts, 2 sampler steps, 2 held-out faces, 2 seeds
 FAST = {
@@ -108,37 +109,60 @@ def test_rollouts_deterministic_per_seed_and_end_at_sigma_zero(inputs: dict[str,
     assert torch.allclose(same.x0[:1], twin.x0, atol=1e-6)
 
 
-def test_zero_variance_groups_give_no_update(inputs: dict[str, Path]) -> None:
-    """Trap 8: when every group's rewards are equal, the loss is exactly zero and no weight moves."""
-    params = _params()
+def _flat_epoch(inputs: dict[str, Path], zero_std_groups: str):
+    """One epoch where every rollout scores 0.5 (all groups flat), with the current adapter ahead of the
+    old one; returns (stats, stepped, parameters before, current before, old before, model)."""
+    params = _params(**{"stage2.zero_std_groups": zero_std_groups, "stage2.kl_weight": 0.0})
     cfg = params.section("stage2", Stage2Config)
     schedule = params.section("flow", FlowSchedule)
-    rcfg = params.section("rewards", RewardsConfig)
-    model = PrefRestoreModel.from_pretrained(inputs["base"])
+    rcfg = dataclasses.replace(params.section("rewards", RewardsConfig), weights={"psnr": 1.0})
+    model, batch = _model_and_batch(inputs, params)
     model.requires_grad_(False)
-    lora.add_lora(model.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    lora.update_old_(model.transformer, 0.0)
     with torch.no_grad():
         for p in lora.adapter_parameters(model.transformer, lora.CURRENT).values():
-            p.add_(0.05)
-    lora.update_old_(model.transformer, 0.0)
-    data = OnTheFlyPairs(inputs["faces"], params.section("degrade", DegradeConfig), "train", 0)
-    batch = train_stage2.make_batch(model, data, [0, 1], {}, 4)
+            p.add_(0.05)  # the current policy has moved away from the old one
     trainable = list(lora.adapter_parameters(model.transformer, lora.CURRENT).values())
+    for p in trainable:
+        p.requires_grad_(True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cur = {k: v.clone() for k, v in lora.adapter_state(model.transformer, lora.CURRENT).items()}
+    old = {k: v.clone() for k, v in lora.adapter_state(model.transformer, lora.OLD).items()}
     constant = {"psnr": lambda images, hq, captions: torch.full((images.shape[0],), 0.5)}
-    opt = torch.optim.AdamW(trainable, lr=0.1)
-    rcfg = dataclasses.replace(rcfg, weights={"psnr": 1.0})
-    stats, _ = train_stage2.nft_epoch(model, batch, constant, rcfg, cfg, schedule, opt, trainable, 0,
-                                      torch.Generator().manual_seed(0))
+    policies = train_stage2.sana_policies(model, batch, constant, rcfg, cfg, schedule)
+    shard = GroupShard(tuple(batch.ids), cfg.group_size, 0, 1)
+    stats, _, stepped = nft_epoch(policies, shard, rcfg.weights, cfg, schedule, torch.optim.SGD(trainable, lr=0.5),
+                                  trainable, 0, torch.Generator().manual_seed(0))
     assert stats["train/zero_std_ratio"] == 1.0 and stats["train/zero_std_groups"] == 2
-    assert stats["train/loss"] == 0.0
+    return stats, stepped, before, cur, old, model
+
+
+def _gap(a: dict, b: dict) -> float:
+    return sum(float((a[k] - b[k]).abs().sum()) for k in a)
+
+
+def test_zero_variance_groups_dropped_give_no_update(inputs: dict[str, Path]) -> None:
+    """``zero_std_groups: drop``: flat groups leave the loss; with every group flat no weight moves,
+    no optimizer step is counted and the old policy stays where it was."""
+    stats, stepped, before, _, old, model = _flat_epoch(inputs, "drop")
+    assert not stepped and stats["train/loss"] == 0.0 and "train/old_decay" not in stats
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert _gap(lora.adapter_state(model.transformer, lora.OLD), old) == 0.0
+
+
+def test_zero_variance_groups_kept_pull_towards_the_old_policy(inputs: dict[str, Path]) -> None:
+    """``keep`` (both released codes): flat groups train at r = 0.5, whose gradient 2 beta^2 (v_theta - v_old)
+    pulls the current adapter back towards the old one once the two differ; a step is taken."""
+    stats, stepped, _, cur, old, model = _flat_epoch(inputs, "keep")
+    assert stepped and stats["train/loss"] > 0.0 and stats["train/grad_norm"] > 0.0
+    now = lora.adapter_state(model.transformer, lora.CURRENT)
+    assert _gap(now, old) < _gap(cur, old)  # current moved towards old
 
 
 def test_group_std_is_per_group() -> None:
     r = torch.tensor([1.0, 1.0, 2.0, 4.0])
     g = torch.tensor([0, 0, 1, 1])
-    assert train_stage2.group_std(r, g).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert group_std(r, g).tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
 # --------------------------------------------------------------------------------------------- the step
@@ -150,6 +174,7 @@ def test_run_writes_a_loadable_model_and_logs(finished_run, inputs: dict[str, Pa
                 "heldout_psnr_after", "final_old_gap", "final_zero_std_ratio"):
         assert isinstance(summary[key], float) and torch.isfinite(torch.tensor(summary[key])), key
     assert [c["epoch"] for c in summary["curve"]] == [0, 1, 2]
+    assert summary["optimizer_steps"] == 2  # one step per epoch (no flat epoch here)
     assert json.loads((out / "metrics.json").read_text())["fingerprint"] == summary["fingerprint"]
     assert summary["stage"] == "2" and eval_report.variant_of(out) == "quality"  # the evaluate step's variant tag
     for f in ("lora/adapter_model.safetensors", "lora/old_adapter.safetensors", "lora/adapter_config.json",
@@ -243,16 +268,6 @@ def test_fingerprint_mismatch_refuses_to_resume(finished_run, inputs: dict[str, 
     shutil.copytree(out / "checkpoints", copy / "checkpoints")
     with pytest.raises(RuntimeError, match="different settings"):
         train_stage2.run(_params(**{"stage2.beta": 0.2}), inputs, copy, progress=False)
-
-
-def test_captions_loader(tmp_path: Path) -> None:
-    import pandas as pd
-
-    pd.DataFrame({"id": ["a", "b"], "caption": ["a photography of a man", "junk"], "valid": [True, False],
-                  "attempts": [1, 2], "flag": ["", "prefix"]}).to_parquet(tmp_path / "captions.parquet")
-    assert train_stage2.load_captions(tmp_path) == {"a": "a photography of a man", "b": ""}
-    with pytest.raises(FileNotFoundError, match="captions.parquet"):
-        train_stage2.load_captions(tmp_path / "nope")
 
 
 @pytest.mark.slow

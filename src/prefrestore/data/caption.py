@@ -406,3 +406,18 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
     atomic.write_json(out / "caption_report.json", _data_report(summary))
     tracking.log_artifact(out / "caption_report.json")
     return summary
+
+
+def load_captions(path: Path) -> dict[str, str]:
+    """``id -> caption`` from the caption step's ``captions.parquet`` (or its folder); flagged ones -> ``""``
+    (the no-caption template). The one reader of this step's output for every training stage."""
+    path = Path(path)
+    table = path / "captions.parquet" if path.is_dir() else path
+    if not table.is_file():
+        raise FileNotFoundError(f"no captions.parquet at {path} (run the caption step)")
+    frame = pd.read_parquet(table)
+    missing = sorted({"id", "caption", "valid"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {missing}")
+    return {str(i): (str(c) if bool(v) else "") for i, c, v in zip(frame["id"], frame["caption"], frame["valid"],
+                                                                  strict=True)}

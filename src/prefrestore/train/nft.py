@@ -1,7 +1,8 @@
 """DiffusionNFT core, model-agnostic: advantages (Eq. 12), the NFT loss (Eqs. 13-15), the old policy.
 
-Everything here works on tensors and velocity callables, so the SANA-based stage-2 loop and the toy
-2-D test share one implementation. A policy callable is ``fn(x, sigma, group) -> v`` where ``sigma``
+Everything here works on tensors and velocity callables (:class:`Policies`), so ``prefrestore
+stage2`` (:mod:`prefrestore.train.stage2` plugs in the SANA model) and the toy 2-D known-answer test
+run the same :func:`nft_epoch`. A policy callable is ``fn(x, sigma, group) -> v`` where ``sigma``
 is ``[B]`` and ``group`` ``[B]`` (long) indexes the caller's cached conditions (one per group).
 
 One epoch (:func:`nft_epoch`, SPEC §3 "Stage 2 in detail"):
@@ -11,27 +12,30 @@ One epoch (:func:`nft_epoch`, SPEC §3 "Stage 2 in detail"):
    sample id, never by caption — SPEC §6 trap 4);
 3. ``timesteps_per_sample`` forward-noised copies of every rollout, loss :func:`nft_loss`, gradients
    accumulated over the whole epoch, one clipped optimizer step;
-4. old policy <- ``d`` old + ``(1 - d)`` current (:func:`ema_update_`, :func:`old_policy_decay`).
+4. old policy <- ``d`` old + ``(1 - d)`` current (``Policies.update_old``, :func:`old_policy_decay`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from prefrestore.core.config import check_range
 from prefrestore.model.flow import FlowSchedule, interpolate, velocity_target
-from prefrestore.model.lora import ema_update_
 from prefrestore.model.samplers import sample
 from prefrestore.train import distributed
+from prefrestore.train.rewards import total_reward
+from prefrestore.train.rollout_shards import GroupShard
+
+log = logging.getLogger(__name__)
 
 PolicyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LossForm = Literal["velocity", "x0_adaptive"]
 
 
@@ -72,6 +76,8 @@ class Stage2Config:
     checkpoint_keep: int
     grid_samples: int
     mixed_precision: Literal["bf16", "no"]
+    zero_std_groups: Literal["keep", "drop"]
+    train_timesteps: Literal["fresh", "grid"]
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, 1e-6, 1.0)
@@ -106,6 +112,13 @@ class Stage2Config:
         check_range("checkpoint_every", self.checkpoint_every, 0, 1e7)
         check_range("checkpoint_keep", self.checkpoint_keep, 1, 1e4)
         check_range("grid_samples", self.grid_samples, 0, 1e4)
+        if self.zero_std_groups not in ("keep", "drop"):
+            raise ValueError(f"zero_std_groups must be keep or drop, got {self.zero_std_groups!r}")
+        if self.train_timesteps not in ("fresh", "grid"):
+            raise ValueError(f"train_timesteps must be fresh or grid, got {self.train_timesteps!r}")
+        if self.train_timesteps == "grid" and self.timesteps_per_sample > self.sampler_steps:
+            raise ValueError(f"train_timesteps=grid draws timesteps_per_sample={self.timesteps_per_sample} of the "
+                             f"rollout grid's sampler_steps={self.sampler_steps} sigmas; lower it or use fresh")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,7 +359,10 @@ def nft_train_step(
     progress: bool = False,
     slots: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One optimizer step: the NFT loss (Eqs. 13-15) over every rollout x ``timesteps_per_sample`` fresh sigmas.
+    """One optimizer step: the NFT loss (Eqs. 13-15) over every rollout x ``timesteps_per_sample`` sigmas.
+
+    The sigmas are fresh draws of the training schedule (``train_timesteps: fresh``) or, as both
+    released codes do, the rollout grid's own (``grid``: :func:`grid_timesteps`).
 
     Gradients accumulate over micro-batches of ``train_batch``; the loss of each micro-batch is
     weighted by its share of the epoch, so the step sees the mean loss. Clips the global norm.
@@ -361,11 +377,15 @@ def nft_train_step(
     device = rollouts.x0.device
     optimizer.zero_grad(set_to_none=True)
     perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    grid = grid_timesteps(n, cfg, schedule, generator) if cfg.train_timesteps == "grid" else None
     totals: dict[str, float] = {}
     chunks = [perm[i:i + cfg.train_batch] for i in range(0, n, cfg.train_batch)]
     work = [(c, j) for c in chunks for j in range(cfg.timesteps_per_sample)]
-    for idx, _ in tqdm(work, desc="nft train", disable=not progress, leave=False):
-        sigma = schedule.sample_sigma(idx.numel(), generator=generator).to(device)
+    for idx, j in tqdm(work, desc="nft train", disable=not progress, leave=False):
+        if grid is None:  # fresh t ~ U(0, 1) per sample and pass (paper profile)
+            sigma = schedule.sample_sigma(idx.numel(), generator=generator).to(device)
+        else:  # the rollout grid's own sigmas, a shuffled subset per sample (released code)
+            sigma = grid[idx.to(grid.device), j].to(device)
         eps = torch.randn((idx.numel(), *rollouts.x0.shape[1:]), generator=generator,
                           device=generator.device).to(device)
         if slots is not None:  # this rank's rows of the micro-batch (the draws above cover all of it)
@@ -403,54 +423,107 @@ def nft_train_step(
     return totals
 
 
-def nft_epoch(
-    *,
-    v_theta: PolicyFn,
-    v_old: PolicyFn,
-    v_ref: PolicyFn | None,
-    reward_fn: RewardFn,
-    groups: Sequence[int],
-    group_keys: Sequence[Hashable],
-    noise_shape: Sequence[int],
-    cfg: Stage2Config,
-    schedule: FlowSchedule,
-    optimizer: torch.optim.Optimizer,
-    params: Sequence[torch.Tensor],
-    old_params: Sequence[torch.Tensor],
-    step: int,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """One DiffusionNFT epoch (see the module docstring); returns the epoch's statistics.
+def grid_timesteps(n: int, cfg: Stage2Config, schedule: FlowSchedule, generator: torch.Generator) -> torch.Tensor:
+    """``[n, timesteps_per_sample]`` training sigmas taken from the rollout grid (released code).
 
-    ``groups[i]`` indexes the caller's condition cache and ``group_keys[i]`` is that condition's
-    SAMPLE id (the advantage grouping key). ``reward_fn(x0, group) -> [N]`` scores the rollouts
-    (higher is better). ``params``/``old_params`` are the trainable tensors behind ``v_theta`` and
-    ``v_old``; after the step the old ones move by :func:`ema_update_` with
-    ``d = old_policy_decay(step + 1, cfg.decay_type)``. ``step`` counts optimizer steps done before.
+    Both released codes (Pref_Restore ``train_nft``, NVlabs/DiffusionNFT ``train_nft_sd3.py``) train
+    each rollout at the timesteps of the sampling trajectory it came from: the ``sampler_steps``
+    non-terminal sigmas of the grid, shuffled per sample, the first ``timesteps_per_sample`` of
+    them (29 of 30 at ``timestep_fraction = 0.99``).
     """
-    if len(groups) != len(group_keys):
-        raise ValueError("groups and group_keys must have the same length")
-    sigmas = schedule.sigmas(cfg.sampler_steps, device=device)
-    rolls = collect_rollouts(v_old, groups, cfg.group_size, noise_shape, sigmas, cfg.sampler,
-                             cfg.sample_batch, generator, device, progress)
+    grid = schedule.sigmas(cfg.sampler_steps)[:-1]  # sigma = 0 is never a training time
+    order = torch.rand((n, grid.numel()), generator=generator, device=generator.device).argsort(dim=1)
+    return grid.to(order.device)[order[:, :cfg.timesteps_per_sample]]
+
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclasses.dataclass
+class Policies:
+    """What one NFT epoch needs from a model; the SANA stage 2 and the toy test each build one.
+
+    Every callable sees only this rank's groups: ``group`` indexes the caller's conditions.
+    """
+
+    current: PolicyFn  # v_theta, trainable (its parameters are the ``params`` of :func:`nft_epoch`)
+    old: PolicyFn  # v_old, no gradient: the loss's reference for Eqs. 13-14
+    ref: PolicyFn | None  # the frozen starting model for the KL term; None when kl_weight = 0
+    sampler: PolicyFn  # the old policy as rolled out (with CFG when cfg_scale != 1)
+    noise_shape: tuple[int, ...]  # one rollout's initial noise (latent) shape
+    score: ScoreFn  # (x0 [n, ...], group [n]) -> {reward name: [n]} for this rank's rollouts
+    update_old: Callable[[float], None]  # old <- d old + (1 - d) current (the EMA of step 4)
+
+
+def nft_epoch(policies: Policies, shard: GroupShard, weights: Mapping[str, float], cfg: Stage2Config,
+              schedule: FlowSchedule, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+              step: int, generator: torch.Generator, device: torch.device | str = "cpu",
+              progress: bool = False) -> tuple[dict[str, float], torch.Tensor, bool]:
+    """One DiffusionNFT epoch (module docstring): the one loop that ``prefrestore stage2`` runs.
+
+    ``shard`` says which of the epoch's groups this rank rolls out (:mod:`.rollout_shards`; a single
+    process holds all of them). The initial noise of every rollout of the epoch is drawn on every
+    rank, rewards are gathered so that Eq. 12 sees the whole epoch (group means by SAMPLE id, the
+    global std), and gradients are summed over ranks before the clipped step.
+
+    Zero-variance groups (every rollout scored alike): ``zero_std_groups: keep`` trains on them at
+    ``r = 0.5``, as both released codes do; there they still pull ``v_theta`` towards ``v_old`` once
+    the two differ (the policy loss's gradient is ``2 beta^2 (v_theta - v_old)`` at r = 0.5) and
+    count in the mean. ``drop`` leaves them out of the loss and of the mean; an epoch where every
+    group is flat then takes no optimizer step.
+
+    ``step`` counts the optimizer steps taken before this epoch; the old-policy decay is
+    ``old_policy_decay(step + 1)``, and the old policy moves only after a step. Returns
+    ``(stats, x0 of this rank's rollouts, whether a step was taken)``.
+    """
+    shape = tuple(policies.noise_shape)
+    noise = torch.randn((shard.num_rows, *shape), generator=generator, device=generator.device)  # all ranks' rows
+    rolls = collect_rollouts(policies.sampler, range(len(shard.positions)), cfg.group_size, shape,
+                             schedule.sigmas(cfg.sampler_steps, device=device), cfg.sampler,
+                             shard.per_rank(cfg.sample_batch), generator, device, progress,
+                             noise=noise[shard.rows()])
     with torch.no_grad():
-        rewards = reward_fn(rolls.x0, rolls.group).detach().reshape(-1).float()
-    if rewards.numel() != rolls.x0.shape[0]:
-        raise ValueError(f"reward_fn returned {rewards.numel()} scores for {rolls.x0.shape[0]} rollouts")
-    keys = [group_keys[list(groups).index(g)] for g in rolls.group.tolist()]
-    _, r, adv_stats = advantages(rewards, keys, cfg.adv_clip, cfg.adv_eps)
-    train_stats = nft_train_step(v_theta, v_old, v_ref, rolls, r.to(rolls.x0.device), cfg, schedule,
-                                 optimizer, params, generator, progress)
-    d = old_policy_decay(step + 1, cfg.decay_type)
-    ema_update_(old_params, params, d)
-    x_flat = rolls.x0.reshape(rolls.x0.shape[0], -1).float()
-    return {
-        **adv_stats,
-        **train_stats,
-        "old_decay": d,
-        "rollout_var": float(x_flat.var(dim=0, unbiased=True).mean()),
-        "rewards": rewards.cpu(),
-        "x0": rolls.x0.detach(),
+        scores = shard.gather(policies.score(rolls.x0, rolls.group))  # every rollout's, all ranks
+    rewards = total_reward(scores, weights)
+    _, r, adv = advantages(rewards, shard.row_keys(), cfg.adv_clip, cfg.adv_eps)  # by sample id (trap 4)
+    stats: dict[str, float] = {
+        "train/zero_std_groups": adv["zero_std_groups"], "train/zero_std_ratio": adv["zero_std_ratio"],
+        "train/group_std_mean": adv["group_std_mean"], "train/clipped_fraction": adv["clipped_fraction"],
+        "reward/total_mean": float(rewards.mean()), "reward/total_std": float(rewards.std(unbiased=False)),
     }
+    for name, s in scores.items():
+        stats[f"reward/{name}_mean"] = float(s.mean())
+        stats[f"reward/{name}_std"] = float(s.std(unbiased=False))
+    if cfg.zero_std_groups == "keep":
+        kept = torch.arange(shard.num_rows)
+    else:
+        kept = (group_std(rewards, shard.row_groups()) > 0).nonzero().squeeze(1)
+    stepped = kept.numel() > 0
+    if stepped:
+        k = shard.local(kept).to(rolls.x0.device)  # this rank's kept rollouts, in the order of `kept`
+        sub = Rollouts(x0=rolls.x0[k], group=rolls.group[k], noise=rolls.noise[k])
+        mine = shard.slots(kept)
+        parts = nft_train_step(policies.current, policies.old, policies.ref, sub, r[kept][mine >= 0].to(device),
+                               cfg, schedule, optimizer, params, generator, progress,
+                               slots=mine if shard.world > 1 else None)
+        stats.update({
+            "train/loss": parts["loss"], "train/policy_loss": parts["policy_loss"], "train/kl": parts["kl"],
+            "train/positive_loss": parts["positive_loss"], "train/negative_loss": parts["negative_loss"],
+            "train/old_gap": parts["old_deviation"], "train/grad_norm": parts["grad_norm"],
+        })
+        d = old_policy_decay(step + 1, cfg.decay_type)
+        policies.update_old(d)
+        stats["train/old_decay"] = d
+    else:  # drop: every group was flat, nothing to learn; no step, and the old policy stays
+        log.warning("stage2 step %d: every group has zero reward variance; no update", step)
+        stats.update({"train/loss": 0.0, "train/policy_loss": 0.0, "train/grad_norm": 0.0})
+    return stats, rolls.x0, stepped
+
+
+def group_std(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Population std of the rewards of each sample's group, per sample ``[N]``."""
+    out = torch.empty_like(rewards, dtype=torch.float64)
+    for g in group.unique():
+        m = group == g
+        out[m] = rewards[m].double().std(unbiased=False)
+    return out

@@ -40,6 +40,7 @@ from prefrestore.core import tracking
 from prefrestore.core.atomic import write_json
 from prefrestore.core.config import Params, as_dict, check_range
 from prefrestore.core.images import load_rgb
+from prefrestore.data.caption import load_captions
 from prefrestore.data.ingest import DataConfig
 from prefrestore.model import from_params
 from prefrestore.model.config import ModelConfig
@@ -56,7 +57,7 @@ from prefrestore.train.common import (
     peak_memory_mb,
     seed_everything,
 )
-from prefrestore.train.stage1 import SemanticAlignLoss, load_captions
+from prefrestore.train.stage1 import SemanticAlignLoss
 
 log = logging.getLogger(__name__)
 

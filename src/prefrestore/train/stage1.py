@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from prefrestore.core import tracking
 from prefrestore.core.config import Params, as_dict, check_range
+from prefrestore.data.caption import load_captions
 from prefrestore.data.degrade.direct import DegradeConfig
 from prefrestore.data.degrade.on_the_fly import OnTheFlyPairs
 from prefrestore.data.ingest import DataConfig
@@ -81,16 +81,6 @@ class Stage12Config(TrainConfig):
 
 
 # --------------------------------------------------------------------------- data
-def load_captions(captions_dir: Path) -> dict[str, str]:
-    """id -> caption from ``captions.parquet``; flagged (invalid) captions become ``""`` (no-caption template)."""
-    table = Path(captions_dir) / "captions.parquet"
-    if not table.is_file():
-        raise FileNotFoundError(f"no captions.parquet in {captions_dir} (run the caption step)")
-    frame = pd.read_parquet(table, columns=["id", "caption", "valid"])
-    return {str(i): (str(c) if bool(v) else "") for i, c, v in zip(frame["id"], frame["caption"], frame["valid"],
-                                                                    strict=True)}
-
-
 class InstructedPairs(torch.utils.data.Dataset):
     """:class:`OnTheFlyPairs` plus each sample's instruction (caption joined by id, ``p_txt`` draw).
 

@@ -12,11 +12,17 @@ One epoch = one optimizer step (SPEC §3 "Stage 2 in detail"):
    initial noise, deterministic DPM-Solver-2 on the ``flow`` schedule's grid, which ends at sigma = 0
    (SPEC §6 traps 2-3).
 3. Rewards (:mod:`prefrestore.train.rewards`, captions as text, HQ for GT-aware rewards) -> Eq. 12
-   advantages grouped by SAMPLE id (trap 4). Groups whose rewards have zero variance are counted and
-   left out of the loss, so their loss is exactly zero (trap 8).
+   advantages grouped by SAMPLE id (trap 4). Groups whose rewards have zero variance are counted;
+   ``stage2.zero_std_groups`` keeps them at r = 0.5 (both released codes) or drops them (trap 8).
 4. The NFT loss (Eqs. 13-15, :func:`prefrestore.train.nft.nft_train_step`) with the KL term to the stage-1
    model (adapters disabled), accumulated over the epoch; AdamW, constant lr, global-norm clipping.
-5. Old adapter <- ``d`` old + ``(1 - d)`` current, ``d = old_policy_decay(step)``.
+   Training sigmas: fresh draws (paper) or the rollout grid's own (``train_timesteps: grid``, released).
+5. Old adapter <- ``d`` old + ``(1 - d)`` current, ``d = old_policy_decay(steps + 1)``, where ``steps``
+   counts the optimizer steps taken (an epoch without a step moves neither).
+
+Steps 2-5 are :func:`prefrestore.train.nft.nft_epoch`, the same loop the toy known-answer test runs;
+this module plugs the SANA model into it (:func:`sana_policies`) and owns data, checkpoints and
+monitoring.
 
 Held-out monitoring (:mod:`prefrestore.train.stage2_heldout`): every ``eval_every`` epochs (and before/after) the reward and PSNR/SSIM to HQ on
 the test split (Fig. 9; PSNR/SSIM watch for reward hacking, trap 8), with LQ | before | now | HQ grids.
@@ -43,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,7 @@ from tqdm.auto import tqdm
 from prefrestore.core import tracking
 from prefrestore.core.atomic import atomic_path, write_json
 from prefrestore.core.config import Params, as_dict
+from prefrestore.data.caption import load_captions
 from prefrestore.data.degrade.direct import DegradeConfig
 from prefrestore.data.degrade.on_the_fly import OnTheFlyPairs
 from prefrestore.data.ingest import DataConfig
@@ -64,25 +71,11 @@ from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import RestoreConfig, save_inference
 from prefrestore.train import checkpoint, distributed
 from prefrestore.train.common import CHECKPOINTS, VALIDATION_DIR, finalize, fingerprint, finished
-from prefrestore.train.nft import (
-    Rollouts,
-    Stage2Config,
-    advantages,
-    collect_rollouts,
-    nft_train_step,
-    old_policy_decay,
-)
-from prefrestore.train.rewards import RewardsConfig, Scorer, build_scorers, needs_hq, total_reward
+from prefrestore.train.nft import Policies, Stage2Config, nft_epoch
+from prefrestore.train.rewards import RewardsConfig, Scorer, build_scorers, needs_hq
 from prefrestore.train.rollout_shards import GroupShard
-from prefrestore.train.stage2_batch import (
-    Batch,
-    decode,
-    derive_seed,
-    load_captions,
-    make_batch,
-    policy,
-    score,
-)
+from prefrestore.train.stage2_batch import Batch, decode, derive_seed, make_batch, policy
+from prefrestore.train.stage2_batch import score as score_batch
 from prefrestore.train.stage2_heldout import (
     determinism,
     heldout_eval,
@@ -107,76 +100,27 @@ TEXT_REWARDS = ("pickscore", "hpsv21", "clip")
 # --------------------------------------------------------------------------------------------------
 
 
-def group_std(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Population std of the rewards of each sample's group, per sample ``[N]``."""
-    out = torch.empty_like(rewards, dtype=torch.float64)
-    for g in group.unique():
-        m = group == g
-        out[m] = rewards[m].double().std(unbiased=False)
-    return out
+def sana_policies(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
+                  cfg: Stage2Config, schedule: FlowSchedule) -> Policies:
+    """The SANA model's pieces of :func:`prefrestore.train.nft.nft_epoch` for ``batch``'s groups.
 
-
-def nft_epoch(model: PrefRestoreModel, batch: Batch, scorers: Mapping[str, Scorer], rcfg: RewardsConfig,
-              cfg: Stage2Config, schedule: FlowSchedule, optimizer: torch.optim.Optimizer,
-              params: Sequence[torch.nn.Parameter], step: int, generator: torch.Generator,
-              progress: bool = False, shard: GroupShard | None = None) -> tuple[dict[str, float], torch.Tensor]:
-    """One DiffusionNFT epoch on ``batch`` (module docstring, steps 2-5); returns its metrics and rollouts.
-
-    Built from :mod:`prefrestore.train.nft`'s pieces rather than its generic ``nft_epoch`` because stage 2
-    also drops zero-variance groups from the loss and logs every reward term separately.
-
-    ``shard``: under several processes, this rank's groups of the epoch (``batch`` holds exactly
-    them); rewards are gathered so that Eq. 12 sees the whole epoch, and gradients are summed over
-    ranks (:mod:`prefrestore.train.rollout_shards`). Default: ``batch`` is the whole epoch.
+    The current and old policies are the two LoRA adapters, the KL reference is the stage-1 model
+    (adapters disabled); rollouts are decoded by the DC-AE and scored by every active reward
+    (captions as text, HQ for the GT-aware ones).
     """
-    device = model.device
-    transformer = model.transformer
-    shard = shard or GroupShard(tuple(batch.ids), cfg.group_size, 0, 1)
-    if len(shard.positions) != len(batch.ids):
-        raise ValueError(f"the batch holds {len(batch.ids)} groups, the shard {len(shard.positions)}")
     amp = cfg.mixed_precision
-    v_cur = policy(model, batch, schedule, lora.CURRENT, mixed_precision=amp)
-    v_old = policy(model, batch, schedule, lora.OLD, mixed_precision=amp)
-    v_ref = policy(model, batch, schedule, None, mixed_precision=amp) if cfg.kl_weight > 0 else None
-    sampler_old = policy(model, batch, schedule, lora.OLD, cfg.cfg_scale, amp)
-    shape = model.latent_shape(1)[1:]
-    noise = torch.randn((shard.num_rows, *shape), generator=generator, device=generator.device)  # all ranks' rows
-    rolls = collect_rollouts(sampler_old, range(len(batch.ids)), cfg.group_size, shape,
-                             schedule.sigmas(cfg.sampler_steps, device=device), cfg.sampler,
-                             shard.per_rank(cfg.sample_batch), generator, device, progress, noise=noise[shard.rows()])
-    images = decode(model, rolls.x0, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
-    scores = shard.gather(score(scorers, images, batch, rolls.group, needs_hq(rcfg)))  # every rollout's, all ranks
-    rewards = total_reward(scores, rcfg.weights)
-    keys = shard.row_keys()  # group by sample id, never caption (trap 4)
-    _, r, adv = advantages(rewards, keys, cfg.adv_clip, cfg.adv_eps)
-    keep = group_std(rewards, shard.row_groups()) > 0  # zero-variance groups: no loss at all (trap 8)
-    stats: dict[str, float] = {
-        "train/zero_std_groups": adv["zero_std_groups"], "train/zero_std_ratio": adv["zero_std_ratio"],
-        "train/group_std_mean": adv["group_std_mean"], "train/clipped_fraction": adv["clipped_fraction"],
-        "reward/total_mean": float(rewards.mean()), "reward/total_std": float(rewards.std(unbiased=False)),
-    }
-    for name, s in scores.items():
-        stats[f"reward/{name}_mean"] = float(s.mean())
-        stats[f"reward/{name}_std"] = float(s.std(unbiased=False))
-    if bool(keep.any()):
-        kept = keep.nonzero().squeeze(1)  # global rows
-        k = shard.local(kept).to(device)  # this rank's kept rollouts, in the order of `kept`
-        sub = Rollouts(x0=rolls.x0[k], group=rolls.group[k], noise=rolls.noise[k])
-        mine = shard.slots(kept)
-        parts = nft_train_step(v_cur, v_old, v_ref, sub, r[kept][mine >= 0].to(device), cfg, schedule, optimizer,
-                               params, generator, progress, slots=mine if shard.world > 1 else None)
-        stats.update({
-            "train/loss": parts["loss"], "train/policy_loss": parts["policy_loss"], "train/kl": parts["kl"],
-            "train/positive_loss": parts["positive_loss"], "train/negative_loss": parts["negative_loss"],
-            "train/old_gap": parts["old_deviation"], "train/grad_norm": parts["grad_norm"],
-        })
-    else:  # every group had equal rewards: nothing to learn, and no optimizer step
-        log.warning("stage2 step %d: every group has zero reward variance; no update", step)
-        stats.update({"train/loss": 0.0, "train/policy_loss": 0.0, "train/grad_norm": 0.0})
-    d = old_policy_decay(step + 1, cfg.decay_type)
-    lora.update_old_(transformer, d)
-    stats["train/old_decay"] = d
-    return stats, rolls.x0
+
+    def score(x0: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = decode(model, x0, tuple(batch.hq.shape[-2:]), cfg.sample_batch)
+        return score_batch(scorers, images, batch, group, needs_hq(rcfg))
+
+    return Policies(
+        current=policy(model, batch, schedule, lora.CURRENT, mixed_precision=amp),
+        old=policy(model, batch, schedule, lora.OLD, mixed_precision=amp),
+        ref=policy(model, batch, schedule, None, mixed_precision=amp) if cfg.kl_weight > 0 else None,
+        sampler=policy(model, batch, schedule, lora.OLD, cfg.cfg_scale, amp),
+        noise_shape=tuple(model.latent_shape(1)[1:]), score=score,
+        update_old=lambda d: lora.update_old_(model.transformer, d))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +216,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
 
     ckpt_dir = out / CHECKPOINTS
     grids = out / VALIDATION_DIR
-    start, extra, report = _resume(ckpt_dir, fp, model, optimizer, cfg.epochs, main)
+    start, steps, extra, report = _resume(ckpt_dir, fp, model, optimizer, cfg.epochs, main)
 
     # ---- before: the stage-1 model (adapters disabled), computed once and kept in the checkpoints
     before_imgs = None
@@ -287,7 +231,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
 
     def save_ckpt(epoch: int) -> None:
         checkpoint.save(ckpt_dir, epoch, trainable=_trainable_state(model), optimizer=optimizer.state_dict(),
-                        scheduler={"lr": cfg.lr, "schedule": cfg.lr_schedule}, data={"epoch": epoch},
+                        scheduler={"lr": cfg.lr, "schedule": cfg.lr_schedule}, data={"epoch": epoch, "steps": steps},
                         fingerprint=fp, extra=extra, keep=cfg.checkpoint_keep)
 
     last: dict[str, float] = {}
@@ -298,7 +242,9 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         picks = torch.randperm(len(train), generator=gen)[:cfg.groups_per_epoch].tolist()
         shard = GroupShard(tuple(train.ids[i] for i in picks), cfg.group_size, rank, world)
         batch = make_batch(model, train, [picks[p] for p in shard.positions], captions, cfg.sample_batch)
-        last, _ = nft_epoch(model, batch, scorers, rcfg, cfg, schedule, optimizer, trainable, epoch, gen, shard=shard)
+        last, _, stepped = nft_epoch(sana_policies(model, batch, scorers, rcfg, cfg, schedule), shard, rcfg.weights,
+                                     cfg, schedule, optimizer, trainable, steps, gen, device)
+        steps += int(stepped)
         if main:
             tracking.log_metrics(last, step=epoch + 1)
         bar.set_postfix(reward=f"{last['reward/total_mean']:.4f}", loss=f"{last['train/loss']:.4f}")
@@ -342,7 +288,7 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
         "heldout_ssim_before": extra["before"]["heldout/ssim"], "heldout_ssim_after": after["heldout/ssim"],
         "final_reward_mean": last.get("reward/total_mean", math.nan),
         "final_zero_std_ratio": last.get("train/zero_std_ratio", math.nan),
-        "final_old_gap": last.get("train/old_gap", math.nan),
+        "final_old_gap": last.get("train/old_gap", math.nan), "optimizer_steps": steps,
         "curve": extra["curve"], "checkpoint_report": report,
     }
     if spread_before is not None and spread_after is not None:
@@ -370,8 +316,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, progress: bool = 
 
 
 def _resume(ckpt_dir: Path, fp: str, model: PrefRestoreModel, optimizer: torch.optim.Optimizer, epochs: int,
-            main: bool) -> tuple[int, dict[str, Any], list[str]]:
-    """Load the newest sound checkpoint of this run, if any: ``(start epoch, extra state, report)``.
+            main: bool) -> tuple[int, int, dict[str, Any], list[str]]:
+    """The newest sound checkpoint of this run, if any: ``(start epoch, optimizer steps, extra state, report)``.
 
     Rank 0 looks (and removes partial saves); every rank loads the same checkpoint. A checkpoint of
     other settings or inputs, or one past ``epochs``, is an error rather than a silent fresh start.
@@ -380,7 +326,7 @@ def _resume(ckpt_dir: Path, fp: str, model: PrefRestoreModel, optimizer: torch.o
     for line in report if main else []:
         log.warning("stage2: %s", line)
     if path is None:
-        return 0, {}, report
+        return 0, 0, {}, report
     ck = checkpoint.load(path)
     if ck.fingerprint != fp:
         raise RuntimeError(f"stage2: checkpoint {path} was written for different settings or inputs "
@@ -393,4 +339,4 @@ def _resume(ckpt_dir: Path, fp: str, model: PrefRestoreModel, optimizer: torch.o
         raise ValueError(f"stage2: checkpoint {path} is at epoch {start}, past stage2.epochs={epochs}; "
                          f"raise epochs or delete {ckpt_dir}")
     log.info("stage2: resuming from %s (epoch %d)", path, start)
-    return start, dict(ck.extra), report
+    return start, int(ck.data["steps"]), dict(ck.extra), report

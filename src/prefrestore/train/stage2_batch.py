@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -29,20 +27,6 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from ``seed`` and labels (e.g. ``("epoch", 3)``); stable across runs and machines."""
     h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def load_captions(path: Path) -> dict[str, str]:
-    """``id -> caption`` from the caption step's ``captions.parquet`` (or its folder); flagged ones -> ``""``."""
-    path = Path(path)
-    table = path / "captions.parquet" if path.is_dir() else path
-    if not table.is_file():
-        raise FileNotFoundError(f"no captions.parquet at {path} (run the caption step)")
-    frame = pd.read_parquet(table)
-    missing = sorted({"id", "caption", "valid"} - set(frame.columns))
-    if missing:
-        raise ValueError(f"{table}: missing column(s) {missing}")
-    return {str(i): (str(c) if bool(v) else "") for i, c, v in zip(frame["id"], frame["caption"], frame["valid"],
-                                                                  strict=True)}
 
 
 @dataclasses.dataclass
