@@ -21,10 +21,14 @@ from prefrestore.pipeline.launcher import cluster_config
 PIPELINES = ("training", "evaluation")
 COMPILED_DIR = PROJECT_ROOT / "pipelines" / "compiled"
 COMPILED_PROFILES = ("paper", "tiny")  # the committed compiled YAML (a test fails when it is stale)
+DIGEST = "@sha256:"
 
-def pipeline_func(name: str, profile: str) -> Any:
-    """The KFP pipeline function ``name`` for ``profile`` (its ``cluster`` section)."""
-    cluster = cluster_config(load(profile))
+
+def pipeline_func(name: str, profile: str, image: str | None = None) -> Any:
+    """The KFP pipeline function ``name`` for ``profile`` (its ``cluster`` section); ``image``
+    replaces ``cluster.image`` (a digest-pinned build of this commit, for :func:`submit`)."""
+    params = load(profile)
+    cluster = cluster_config(params.with_overrides({"cluster.image": image}) if image else params)
     if name == "training":
         return training.build(cluster, profile)
     if name == "evaluation":
@@ -58,20 +62,35 @@ def run_local(profile: str, pipeline_root: Path, arguments: Mapping[str, Any] | 
     return pipeline_func(name, profile)(**dict(arguments or {}))
 
 
-def submit(host: str, profile: str, name: str, arguments: Mapping[str, Any], experiment: str) -> str:
-    """Compile and submit a run to a Kubeflow Pipelines endpoint; returns the run id."""
+def check_cacheable(image: str, caching: bool) -> None:
+    """KFP reuses a cached task when its component spec and inputs are unchanged. The library code
+    is not in the spec: it is in the image. So a cached run is only sound when the image reference
+    changes with the code, i.e. is pinned by digest (``repo@sha256:...``, one per build); a tag can
+    be re-pushed over new code and would serve stale results. Refuse that unless caching is off."""
+    if caching and DIGEST not in image:
+        raise SystemExit(f"prefrestore-pipeline: image '{image}' is a tag, so KFP's cache would reuse results "
+                         f"across code changes; pass --image REPO{DIGEST}<digest> of this commit's build, or --no-cache")
+
+
+def submit(host: str, profile: str, name: str, arguments: Mapping[str, Any], experiment: str,
+           image: str | None = None, caching: bool = True) -> str:
+    """Compile and submit a run to a Kubeflow Pipelines endpoint; returns the run id (:func:`check_cacheable`)."""
     import tempfile
 
     import kfp
+    from kfp import compiler
 
     cluster = cluster_config(load(profile))
+    check_cacheable(image or cluster.image, caching)
     with tempfile.TemporaryDirectory() as tmp:
-        (package,) = compile_pipelines(profile, Path(tmp), [name])
+        package = Path(tmp) / f"{name}-{profile}.yaml"
+        compiler.Compiler().compile(pipeline_func(name, profile, image), str(package))
         client = kfp.Client(host=host, namespace=cluster.namespace)
         run = client.create_run_from_pipeline_package(str(package), arguments=dict(arguments),
                                                       experiment_name=experiment,
                                                       namespace=cluster.namespace,
-                                                      service_account=cluster.service_account)
+                                                      service_account=cluster.service_account,
+                                                      enable_caching=caching)
     return str(run.run_id)
 
 
@@ -101,7 +120,7 @@ def _command(args: argparse.Namespace) -> int:
         if not args.host:
             raise SystemExit("prefrestore-pipeline: `submit` needs --host URL")
         for name in args.pipeline or ["training"]:
-            print(submit(args.host, profile, name, _args(args.arg), args.experiment))
+            print(submit(args.host, profile, name, _args(args.arg), args.experiment, args.image, not args.no_cache))
     return 0
 
 
@@ -119,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run --local: where task outputs go")
     p.add_argument("--host", help="submit: the Kubeflow Pipelines API endpoint")
     p.add_argument("--experiment", default="prefrestore", help="submit: KFP experiment name")
+    p.add_argument("--image", help="submit: this commit's image, pinned by digest (REPO@sha256:...); "
+                                   "replaces cluster.image so that KFP's cache key follows the code")
+    p.add_argument("--no-cache", action="store_true", help="submit: run every task afresh (allows a tag image)")
     p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                    help="a pipeline parameter (YAML value), e.g. model_uri=s3://...")
     return p

@@ -475,3 +475,28 @@ def test_local_run_real_data_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (run / "degrade" / "pairs" / "benchmarks").is_dir()
     metrics = json.loads((run / "ingest" / "executor_output.json").read_text())
     assert metrics["artifacts"]["summary"]["artifacts"][0]["metadata"], "ingest's summary reached KFP Metrics"
+
+
+# ------------------------------------------------------------------------------- cache key follows code
+
+
+def test_kfp_cache_key_follows_the_image_digest(tmp_path: Path) -> None:
+    """The library code lives in the image, so the image reference is what ties a cached task to its
+    code: two digests give every step executor a different image, and submit refuses a tag image
+    while caching is on (before it contacts any host)."""
+    from kfp import compiler
+
+    specs = []
+    for digest in ("a" * 64, "b" * 64):
+        image = f"ghcr.io/prefrestore/prefrestore@sha256:{digest}"
+        path = tmp_path / f"{digest[0]}.yaml"
+        compiler.Compiler().compile(pipelines_cli.pipeline_func("training", "tiny", image), str(path))
+        executors = _load(path)["deploymentSpec"]["executors"]
+        assert executors and {e["container"]["image"] for e in executors.values()} == {image}
+        specs.append(executors)
+    assert specs[0].keys() == specs[1].keys()
+
+    with pytest.raises(SystemExit, match="is a tag, so KFP's cache would reuse results"):
+        pipelines_cli.main(["submit", "--profile", "tiny", "--host", "http://127.0.0.1:9"])
+    pipelines_cli.check_cacheable("ghcr.io/x/y:1.0", caching=False)
+    pipelines_cli.check_cacheable("ghcr.io/x/y@sha256:" + "c" * 64, caching=True)
