@@ -8,7 +8,7 @@ from them lives in a work folder OUTSIDE the checkout (``$PREFRESTORE_SHARED_WOR
 
 - ``shared_hq``: a paired benchmark. Each HQ face is centre-cropped and resized to
   ``data.resolution`` (:func:`prefrestore.core.images.fit_square`), then degraded with Eq. 16 at the
-  benchmark seed, as the synthetic CelebA-Test set is (:func:`degrade_step.synthesize_benchmark`).
+  benchmark seed, as the synthetic CelebA-Test set is (:func:`prefrestore.data.degrade.step.synthesize_benchmark`).
 - ``shared_real_lq``: an unpaired benchmark of the real LQ faces, resized the same way
   (:func:`benchmarks_data.register_benchmark`).
 

@@ -13,7 +13,7 @@ Each sample's parameters come from ``(seed, id)`` only (:func:`prefrestore.data.
 the output is identical for any ``degrade.workers``. The work goes into a staging folder named after
 the input fingerprint; an interrupted run resumes there (finished PNGs are kept), and the finished
 folder replaces ``out`` in one rename. A re-run with the same inputs and params returns at once.
-Training stages that want fresh degradations every epoch use ``degrade_torch.OnTheFlyPairs`` instead.
+Training stages that want fresh degradations every epoch use ``data.degrade.on_the_fly.OnTheFlyPairs`` instead.
 """
 
 from __future__ import annotations
