@@ -16,19 +16,21 @@ from typing import Any
 
 import yaml
 
-from prefrestore.core.config import ConfigError, load, profile_names, read_params_file
-from prefrestore.core.weights import MissingWeights
+from prefrestore.core import errors
+from prefrestore.core.config import load, profile_names, read_params_file
 from prefrestore.pipeline import steps
 
 EPILOG = """Every hyperparameter lives in params.yaml; --profile picks a profile (default: the file's
-'profile' key). Tracking goes to $MLFLOW_TRACKING_URI, or to the embedded SQLite store mlflow.db."""
+'profile' key). Tracking goes to $MLFLOW_TRACKING_URI, or to the embedded SQLite store mlflow.db.
+A failure prints one line and exits 1 (bad input or data), 2 (usage or config), 3 (missing
+weights) or 4 (data validation failed); --debug shows the traceback."""
 
 
 def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"error: {what} expects NAME=VALUE, got {item!r}")
+            raise errors.UsageError(f"{what} expects NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = value
     return out
@@ -76,7 +78,7 @@ def _check_resume(out: Path) -> None:
         return
     n = len(checkpoint.list_checkpoints(out / CHECKPOINTS))
     what = f"{n} checkpoint(s), none sound" if n else "no checkpoint"
-    raise SystemExit(f"error: --resume: {out / CHECKPOINTS} holds {what}; drop --resume to start a new run")
+    raise errors.InputError(f"--resume: {out / CHECKPOINTS} holds {what}; drop --resume to start a new run")
 
 
 def _run_step(args: argparse.Namespace) -> int:
@@ -90,8 +92,8 @@ def _run_step(args: argparse.Namespace) -> int:
         params = params.with_overrides(overrides)
     try:
         inputs = steps.check_inputs(step, {k: Path(v) for k, v in _parse_kv(args.inputs, "--in").items()})
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ValueError as exc:  # unknown or missing input names; an absent path stays a FileNotFoundError (1)
+        raise errors.UsageError(str(exc)) from None
     if getattr(args, "resume", False):
         _check_resume(args.out)
     summary = steps.execute(step, params, inputs, args.out)
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pref-Restore pipeline: train, evaluate and ship a blind face restoration model.",
         epilog=EPILOG,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a failure (also {errors.DEBUG_ENV}=1); exit codes: 1 bad input "
+                             "or data, 2 usage or config, 3 missing weights, 4 data validation failed")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for step in steps.STEPS:
         _add_step_parser(sub, step)
@@ -164,21 +169,18 @@ def _model_info_cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an expected failure is one line on stderr and an exit code (:mod:`prefrestore.core.errors`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    errors.quiet_offline_runtime()
     try:
         return int(args.handler(args) or 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except MissingWeights as exc:
-        print(f"missing weights: {exc}", file=sys.stderr)
-        return 3
-    except Exception as exc:
-        if type(exc).__name__ != "ValidationFailed":
+    except (Exception, KeyboardInterrupt) as exc:
+        known = errors.classify(exc)
+        if known is None or args.debug or errors.debug_enabled():
             raise
-        print(f"validation failed: {exc}", file=sys.stderr)
-        return 4
+        print(f"prefrestore {args.command}: {known[1]}", file=sys.stderr)
+        return known[0]
 
 
 if __name__ == "__main__":

@@ -37,8 +37,13 @@ def read_params_file(path: Path | None = None) -> dict[str, Any]:
     path = path or params_path()
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict) or "defaults" not in data or "profiles" not in data:
         raise ConfigError(f"{path}: expected top-level keys 'defaults' and 'profiles'")
     return data

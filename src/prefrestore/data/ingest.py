@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from prefrestore.core import atomic, images, tracking
 from prefrestore.core.config import Params, as_dict, check_range
+from prefrestore.core.errors import InputError
 from prefrestore.data import synthetic
 
 INGEST_VERSION = 1  # bump when the output of the same inputs changes (part of the fingerprint)
@@ -68,6 +69,7 @@ class IngestConfig:
     min_side: int  # shorter side below this is quarantined as too_small
     max_aspect: float  # non-square images are centre-cropped unless their aspect exceeds this
     hf_image_column: str  # column holding the image in a Hugging Face dataset
+    min_accepted: int  # fewer accepted faces is an error (0 allows an empty ingest)
 
     def __post_init__(self) -> None:
         if not (self.source == "synthetic" or self.source.startswith(("folder:", "hf:"))):
@@ -76,6 +78,7 @@ class IngestConfig:
         check_range("ingest.max_pixels", self.max_pixels, 1, 10**10)
         check_range("ingest.min_side", self.min_side, 1, 100_000)
         check_range("ingest.max_aspect", self.max_aspect, 1.0, 100.0)
+        check_range("ingest.min_accepted", self.min_accepted, 0, 10**9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +320,10 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
 
     accepted = [r for r in records if r["status"] == "accepted"]
     rejected = [r for r in records if r["status"] == "quarantined"]
+    if len(accepted) < cfg.min_accepted:  # before anything is written to `out`
+        reasons = dict(sorted(Counter(r["reason"] for r in rejected).items()))
+        raise InputError(f"ingest: {len(accepted)} face(s) accepted of {len(records)} seen in {cfg.source} "
+                         f"(quarantined: {reasons or 'none'}); ingest.min_accepted is {cfg.min_accepted}")
     splits = assign_splits([r["id"] for r in accepted], data.seed, data.test_fraction)
     manifest = pd.DataFrame([{**{k: r[k] for k in MANIFEST_COLUMNS if k != "split"}, "split": splits[r["id"]]}
                              for r in accepted], columns=list(MANIFEST_COLUMNS))

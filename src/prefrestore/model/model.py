@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderDC, SanaTransformer2DModel
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import functional as F
 
 from prefrestore.core.atomic import atomic_path, write_json
+from prefrestore.core.errors import InputError
 from prefrestore.model.ar import ArIntegrator
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.connectors import Connector, load_connector, save_connectors, sincos_2d
@@ -123,12 +125,13 @@ class PrefRestoreModel(nn.Module):
         width = cfg.generator.caption_channels
         model = cls(
             cfg,
-            SemanticTokenizer.from_pretrained(path / "tokenizer", cfg.tokenizer),
-            ArIntegrator.from_pretrained(path / "ar", cfg.ar, cfg.tokenizer.codebook_size, cfg.num_image_tokens),
-            load_connector(path / "connectors", "diffusion_connector", cfg.ar.hidden_size, width),
-            load_connector(path / "connectors", "vae_connector", cfg.generator.inner_dim, width),
-            SanaTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True),
-            AutoencoderDC.from_pretrained(path / "vae", local_files_only=True),
+            _part(path / "tokenizer", lambda p: SemanticTokenizer.from_pretrained(p, cfg.tokenizer)),
+            _part(path / "ar", lambda p: ArIntegrator.from_pretrained(p, cfg.ar, cfg.tokenizer.codebook_size,
+                                                                    cfg.num_image_tokens)),
+            _part(path / "connectors", lambda p: load_connector(p, "diffusion_connector", cfg.ar.hidden_size, width)),
+            _part(path / "connectors", lambda p: load_connector(p, "vae_connector", cfg.generator.inner_dim, width)),
+            _part(path / "transformer", lambda p: SanaTransformer2DModel.from_pretrained(p, local_files_only=True)),
+            _part(path / "vae", lambda p: AutoencoderDC.from_pretrained(p, local_files_only=True)),
             meta["system_message"],
         )
         if torch_dtype is not None:
@@ -256,3 +259,20 @@ class PrefRestoreModel(nn.Module):
     def trainable_parameters(self, stage: Stage) -> list[nn.Parameter]:
         keep = set(self.trainable_parameter_names(stage))
         return [p for n, p in self.named_parameters() if n in keep]
+
+
+def _part(folder: Path, load: Callable[[Path], Any]) -> Any:
+    """Load one component folder; a missing, truncated or corrupt weight file is an
+    :class:`~prefrestore.core.errors.InputError` naming that file, never a library traceback."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: missing component folder of a Pref-Restore model directory")
+    try:
+        return load(folder)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        for file in sorted(folder.rglob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt") as fh:
+                    fh.keys()
+            except (OSError, SafetensorError) as bad:
+                raise InputError(f"{file}: not a readable safetensors file ({bad})") from exc
+        raise InputError(f"{folder}: cannot load this component ({' '.join(str(exc).split())})") from exc
