@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import mlflow
+import pytest
 
 from prefrestore.core import tracking
 from prefrestore.core.config import load
@@ -55,3 +57,70 @@ def test_data_hash_changes_with_content(tmp_path):
     f.write_bytes(b"2")
     assert tracking.tree_digest([f.parent]) != h1
 
+
+
+# ------------------------------------------------------------------- runs never stay RUNNING
+
+
+_HOLD_RUN = """
+import sys, time
+from pathlib import Path
+from prefrestore.core import tracking
+from prefrestore.core.config import load
+with tracking.step_run("degrade", load("tiny")) as run:
+    Path(sys.argv[1]).write_text(run.info.run_id)
+    time.sleep(120)
+"""
+
+
+def _held_run(tmp_path, uri: str):
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "run_id"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop(tracking.PARENT_ENV, None)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(marker)], env=env)
+    deadline = time.monotonic() + 120
+    while not marker.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.is_file(), "the step run did not start"
+    return proc, marker.read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_step_ends_its_run_as_killed(tmp_path, signum) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, run_id = _held_run(tmp_path, uri)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_run_killed_with_sigkill_is_swept_at_the_next_pipeline_start(tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, run_id = _held_run(tmp_path, uri)
+    proc.kill()
+    proc.wait(timeout=60)
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing could end it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    (tmp_path / "live").mkdir()
+    live, _ = _held_run(tmp_path / "live", uri)
+    try:
+        with tracking.pipeline_run("tiny", "test") as parent:  # the sweep runs here
+            pass
+        assert client.get_run(run_id).info.status == "FAILED"
+        assert client.get_run(run_id).data.tags["ended_by"].startswith("sweep")
+        assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+        running = client.search_runs([client.get_run(run_id).info.experiment_id], "attributes.status = 'RUNNING'")
+        assert len(running) == 1  # the live one is left alone
+    finally:
+        live.kill()
+        live.wait(timeout=60)

@@ -9,11 +9,12 @@ import pytest
 
 from prefrestore.core.config import ConfigError, load
 from prefrestore.registry import gates
-from prefrestore.registry.gates import Floor, GateRule, VariantGate
+from prefrestore.registry.gates import Floor, GateRule, Rank, VariantGate
 
 QUALITY = VariantGate(
     rules=(GateRule("celeba_test/lmd", "down", -0.25), GateRule("celeba_test/hpsv2", "up", 0.0)),
     floors=(Floor("celeba_test/lmd", "down", 9.0),),
+    rank=Rank("celeba_test/hpsv2", "up"),
 )
 CHAMP = {"celeba_test/lmd": 8.0, "celeba_test/hpsv2": 30.0}
 
@@ -74,7 +75,7 @@ def test_metric_summaries_are_validated():
 
 def test_gate_definitions_are_checked():
     with pytest.raises(ValueError, match="at least one rule"):
-        VariantGate(rules=(), floors=(Floor("a/b", "up", 1.0),))
+        VariantGate(rules=(), floors=(Floor("a/b", "up", 1.0),), rank=Rank("a/b", "up"))
     with pytest.raises(ValueError, match="<benchmark>/<metric>"):
         GateRule("psnr", "up", 0.0)
 
@@ -102,3 +103,32 @@ def test_resolve_champion_follows_the_chain_and_breaks_ties_by_version():
     assert {gates.resolve_champion(list(p)) for p in itertools.permutations(passes)} == {5}
     # Mutual passes (within tolerance) cannot loop.
     assert gates.resolve_champion([(1, None), (2, 1), (1, 2)]) == 2
+
+
+def test_the_best_candidate_wins_not_the_highest_version():
+    """2 (+1.4) and 3 (+1.2) both beat 1: 2 is better on the rank metric and wins; the version
+    number only breaks an exact tie; an unscored passer ranks last."""
+    passes = [(1, None), (2, 1), (3, 1)]
+    assert gates.resolve_champion(passes, {1: 20.0, 2: 21.4, 3: 21.2}) == 2
+    assert {gates.resolve_champion(list(p), {1: 20.0, 2: 21.4, 3: 21.2})
+            for p in itertools.permutations(passes)} == {2}
+    assert gates.resolve_champion(passes, {1: 20.0, 2: 21.0, 3: 21.0}) == 3
+    assert gates.resolve_champion(passes, {1: 20.0, 3: 19.0}) == 3  # 2 has no score
+    assert gates.champion_chain(passes + [(4, 2)], {1: 20.0, 2: 21.4, 3: 21.2, 4: 21.5}) == [1, 2, 4]
+    assert gates.rank_score(QUALITY, {"celeba_test/hpsv2": 31.0}) == 31.0
+    down = VariantGate(QUALITY.rules, QUALITY.floors, Rank("celeba_test/lmd", "down"))
+    assert gates.rank_score(down, {"celeba_test/lmd": 8.0}) == -8.0
+    assert gates.rank_score(down, {"celeba_test/lmd": "unavailable"}) == float("-inf")
+
+
+def test_tolerated_losses_are_anchored_to_the_first_champion():
+    """Each step may lose up to 0.25 px LMD against its champion, but not more than that in total
+    against the anchor: a chain of -0.15 px steps stops at the second one."""
+    anchor = {"celeba_test/lmd": 8.0, "celeba_test/hpsv2": 30.0}
+    second = {"celeba_test/lmd": 8.15, "celeba_test/hpsv2": 30.0}
+    third = {"celeba_test/lmd": 8.30, "celeba_test/hpsv2": 30.0}
+    assert gates.decide(QUALITY, third, second, "2").passed  # against its champion alone: within tolerance
+    d = gates.decide(QUALITY, third, second, "2", anchor)
+    assert not d.passed and [c.kind for c in d.checks] == ["floor", "rule", "rule", "anchor"]
+    assert "vs anchor 8" in d.reason
+    assert gates.decide(QUALITY, second, anchor, "1", anchor).passed

@@ -54,23 +54,27 @@ def add_candidate(client: MlflowClient, name: str, psnr: float | str, ssim: floa
     return int(mv.version)
 
 
-def promote_all(uri: str, name: str, cfg, candidates: dict[int, dict]) -> dict[int, register.PromotionResult]:
+def promote_all(uri: str, name: str, cfg, candidates: dict[int, dict],
+                variant: str = "fidelity") -> dict[int, register.PromotionResult]:
     start = threading.Barrier(len(candidates))
 
     def one(version: int) -> register.PromotionResult:
         client = MlflowClient(tracking_uri=uri)  # each promoter its own client, as separate pods would
         start.wait(timeout=60)
-        return register.promote(client, name, version, candidates[version], cfg.gates["fidelity"], cfg)
+        return register.promote(client, name, version, candidates[version], cfg.gates[variant], cfg)
 
     with ThreadPoolExecutor(len(candidates)) as pool:
         futures = {v: pool.submit(one, v) for v in candidates}
         return {v: f.result(timeout=300) for v, f in futures.items()}
 
 
-def assert_consistent(client: MlflowClient, name: str, cfg) -> int | None:
+def assert_consistent(client: MlflowClient, name: str, cfg, variant: str = "fidelity") -> int | None:
     versions = register.all_versions(client, name)
-    resolved = gates.resolve_champion(register.recorded_passes(versions))
+    chain = register.chain(versions, cfg.gates[variant])
+    resolved = chain[-1] if chain else None
     assert register.alias_version(client, name, cfg.champion_alias) == resolved
+    champions = [int(v.version) for v in versions if v.tags.get(register.TAG_OUTCOME) == "champion"]
+    assert champions == ([resolved] if resolved is not None else []), "stale gate.outcome=champion tags"
     for v in versions:
         assert register.TAG_OUTCOME in v.tags, f"v{v.version} has no recorded outcome"
         assert any(k.startswith(register.TAG_DECISION_PREFIX) for k in v.tags) or (
@@ -78,7 +82,7 @@ def assert_consistent(client: MlflowClient, name: str, cfg) -> int | None:
     return resolved
 
 
-def test_simultaneous_passes_against_one_champion_resolve_to_the_highest_version(server, cfg, monkeypatch):
+def test_simultaneous_passes_against_one_champion_resolve_to_the_best(server, cfg, monkeypatch):
     client = MlflowClient(tracking_uri=server)
     name = new_model(client)
     v1 = add_candidate(client, name, 20.0, 0.5)
@@ -131,3 +135,63 @@ def test_free_running_promotions_leave_a_consistent_registry(server, cfg):
     assert {v: {k: t for k, t in tags.items() if k.startswith("gate.vs.")} for v, tags in after.items()} == {
         v: {k: t for k, t in tags.items() if k.startswith("gate.vs.")} for v, tags in before.items()}
     assert all(r.champion == champion for r in again.values())
+
+
+@pytest.mark.parametrize("rnd", range(4))
+def test_concurrent_candidates_the_best_wins_not_the_newest(server, cfg, rnd: int):
+    """N candidates registered and promoted at once against one champion, their gains in a shuffled
+    order of version numbers: the champion is the best of them every time (v8 at +1.2 dB never beats
+    v7 at +1.4 dB), and only it carries gate.outcome=champion."""
+    race_once(server, cfg, rnd)
+
+
+@pytest.mark.postgres
+def test_best_wins_on_the_postgres_backed_server(mlflow_pg_server, cfg, monkeypatch):
+    """The same race on the real PostgreSQL-backed ``mlflow server`` (REST), in the default suite."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_pg_server)
+    for rnd in range(3):
+        race_once(mlflow_pg_server, cfg, 100 + rnd)
+
+
+def race_once(server: str, cfg, rnd: int) -> None:
+    import random
+
+    client = MlflowClient(tracking_uri=server)
+    name = new_model(client)
+    v1 = add_candidate(client, name, 20.0, 0.5)
+    register.promote(client, name, v1, {"celeba_test/psnr": 20.0, "celeba_test/ssim": 0.5}, cfg.gates["fidelity"], cfg)
+    gains = [0.2, 0.6, 1.4, 1.2, 0.9]
+    random.Random(rnd).shuffle(gains)
+    candidates = {}
+    for gain in gains:
+        m = {"celeba_test/psnr": 20.0 + gain, "celeba_test/ssim": 0.5}
+        candidates[add_candidate(client, name, m["celeba_test/psnr"], 0.5)] = m
+    results = promote_all(server, name, cfg, candidates)
+    best = max(candidates, key=lambda v: candidates[v]["celeba_test/psnr"])
+    assert assert_consistent(client, name, cfg) == best  # the alias, and the only champion tag
+    assert results[best].champion == best and results[best].outcome == "champion"
+    assert all(r.outcome in ("superseded", "rejected") for v, r in results.items() if v != best)
+
+
+def test_a_chain_of_small_losses_stops_at_the_tolerance(server, cfg):
+    """quality tolerates -0.5 dB PSNR per promotion, anchored to the first champion: candidates at
+    -0.3 dB each take the alias once, then the next one (-0.6 dB from the anchor) is rejected, and the
+    champion it would have displaced keeps the alias and the only champion tag."""
+    client = MlflowClient(tracking_uri=server)
+    name = new_model(client)
+    gate = cfg.gates["quality"]
+    outcomes = []
+    for i, psnr in enumerate((20.0, 19.7, 19.4, 19.1)):
+        m = {"celeba_test/psnr": psnr, "celeba_test/ssim": 0.5}
+        v = add_candidate(client, name, psnr, 0.5)
+        outcomes.append((v, register.promote(client, name, v, m, gate, cfg).outcome))
+        if i == 1:
+            assert register.alias_version(client, name, cfg.champion_alias) == v
+    assert [o for _, o in outcomes] == ["champion", "champion", "rejected", "rejected"]
+    champion = assert_consistent(client, name, cfg, "quality")
+    assert champion == outcomes[1][0]
+    first = client.get_model_version(name, str(outcomes[0][0])).tags
+    assert first[register.TAG_OUTCOME] == "superseded"  # retagged when the alias moved on
+    evidence = json.loads(client.get_model_version(name, str(outcomes[2][0])).tags[f"gate.vs.{champion}"])
+    anchor = [c for c in evidence["checks"] if c["kind"] == "anchor"]
+    assert anchor and not all(c["passed"] for c in anchor) and anchor[0]["reference"] == 20.0

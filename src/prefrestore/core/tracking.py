@@ -1,5 +1,8 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per step.
 
+A run never stays RUNNING after its process is gone: SIGTERM/SIGHUP end it as KILLED, and a run
+killed with ``kill -9`` is ended as FAILED by :func:`sweep_orphans` when the next pipeline starts.
+
 Nothing here touches MLflow at import time. The tracking URI is ``$MLFLOW_TRACKING_URI`` or, by
 default, an embedded SQLite store in the project directory (``mlflow.db`` + ``mlartifacts/``).
 A pipeline driver exports ``PREFRESTORE_PARENT_RUN_ID`` so that each step's run nests under it.
@@ -10,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,87 @@ PARENT_ENV = "PREFRESTORE_PARENT_RUN_ID"
 ORCHESTRATOR_ENV = "PREFRESTORE_ORCHESTRATOR"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "prefrestore"
+TAG_HOST, TAG_PID, TAG_PID_START = "host", "pid", "pid_start"  # who runs a RUNNING run (the sweep's evidence)
+
+
+class Killed(SystemExit):
+    """SIGTERM/SIGHUP inside a tracked run: the run is ended as KILLED, then the process exits 128 + signal."""
+
+
+@contextlib.contextmanager
+def _killable() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Killed` while a run is open (main thread only: signal
+    handlers cannot be installed elsewhere). ``kill -9`` cannot be caught: :func:`sweep_orphans`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Killed(128 + signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22): a pid reused by another
+    process has another start time. Empty where /proc is absent or the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(pid), TAG_PID_START: _process_start(pid)}
+
+
+def sweep_orphans(experiment: str | None = None) -> list[str]:
+    """End as FAILED every RUNNING run of ``experiment`` whose process on this host is gone (a step
+    killed with ``kill -9``, or a machine that lost power); returns their ids. Runs of other hosts
+    (cluster pods) are left to their orchestrator. Called when a pipeline run starts."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment or os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    if exp is None:
+        return []
+    client = MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=10_000):
+        tags = run.data.tags
+        if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
+            continue
+        if tags.get(TAG_PID_START) and _process_start(int(tags[TAG_PID])) == tags[TAG_PID_START]:
+            continue  # still running
+        client.set_tag(run.info.run_id, "ended_by", "sweep: its process is gone")
+        client.set_terminated(run.info.run_id, "FAILED")
+        ended.append(run.info.run_id)
+    return ended
+
+
+@contextlib.contextmanager
+def _tracked(mlflow: Any, **start: Any) -> Iterator[Any]:
+    """``mlflow.start_run(**start)`` that records its owner process and ends as KILLED on SIGTERM."""
+    from mlflow.tracking import MlflowClient
+
+    start["tags"] = {**start.get("tags", {}), **_owner_tags()}
+    run = None
+    try:
+        with mlflow.start_run(**start) as run, _killable():
+            yield run
+    except Killed:
+        if run is not None:
+            MlflowClient().set_terminated(run.info.run_id, "KILLED")
+        raise
 
 
 def tracking_uri() -> str:
@@ -81,9 +168,11 @@ def pipeline_run(profile: str, orchestrator: str, run_name: str | None = None) -
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    exp_id = _ensure_experiment(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    experiment = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    exp_id = _ensure_experiment(mlflow, experiment)
+    sweep_orphans(experiment)
     tags = {"profile": profile, "orchestrator": orchestrator, "git_sha": git_sha(), "kind": "pipeline"}
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"pipeline-{profile}", tags=tags) as run:
+    with _tracked(mlflow, experiment_id=exp_id, run_name=run_name or f"pipeline-{profile}", tags=tags) as run:
         old = os.environ.get(PARENT_ENV)
         os.environ[PARENT_ENV] = run.info.run_id
         try:
@@ -121,9 +210,8 @@ def step_run(
         "kind": "step",
     }
     parent = os.environ.get(PARENT_ENV)
-    with mlflow.start_run(
-        experiment_id=exp_id, run_name=step, tags=tags, nested=parent is not None, parent_run_id=parent
-    ) as run:
+    with _tracked(mlflow, experiment_id=exp_id, run_name=step, tags=tags, nested=parent is not None,
+                  parent_run_id=parent) as run:
         if config:
             flat = _flatten(config)
             items = list(flat.items())

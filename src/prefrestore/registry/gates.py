@@ -16,6 +16,9 @@ a gate never passes on evidence it does not have.
 
 :func:`resolve_champion` turns the decisions recorded in the registry into the one version that
 must hold the champion alias; ``register.promote`` uses it to make concurrent promotions converge.
+When several candidates pass against the same champion, the best on the gate's ``rank`` metric
+wins (version number breaks ties only). A tolerated loss is measured against the current champion
+and against the first champion of the chain (the anchor), so losses cannot compound.
 Nothing here touches MLflow.
 """
 
@@ -60,11 +63,23 @@ class Floor:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rank:
+    """The gate metric: among candidates that pass against the same champion, the best on it wins."""
+
+    metric: str  # "<benchmark>/<metric>"
+    direction: Direction  # "up": higher is better; "down": lower is better
+
+    def __post_init__(self) -> None:
+        _check_metric_name(self.metric)
+
+
+@dataclasses.dataclass(frozen=True)
 class VariantGate:
     """The gate of one model variant (``fidelity`` or ``quality``)."""
 
-    rules: tuple[GateRule, ...]  # comparisons with the current champion
+    rules: tuple[GateRule, ...]  # comparisons with the current champion (a tolerated loss also with the anchor)
     floors: tuple[Floor, ...]  # absolute bars, always applied
+    rank: Rank  # orders candidates that pass against the same champion
 
     def __post_init__(self) -> None:
         if not self.rules or not self.floors:
@@ -75,7 +90,7 @@ class VariantGate:
 class Check:
     """The evidence for one rule or floor: the numbers compared and the outcome."""
 
-    kind: Literal["rule", "floor"]
+    kind: Literal["rule", "anchor", "floor"]  # anchor: a tolerated loss measured against the first champion
     metric: str
     direction: Direction
     candidate: float | str | None  # the candidate's value ("unavailable" / None when absent)
@@ -166,19 +181,20 @@ def check_floor(floor: Floor, candidate: Metrics) -> Check:
     return Check("floor", floor.metric, floor.direction, shown, floor.bound, floor.bound, ok, why)
 
 
-def check_rule(rule: GateRule, candidate: Metrics, champion: Metrics) -> Check:
+def check_rule(rule: GateRule, candidate: Metrics, champion: Metrics, kind: Literal["rule", "anchor"] = "rule") -> Check:
     cand, champ = metric_value(candidate, rule.metric), metric_value(champion, rule.metric)
+    who = "champion" if kind == "rule" else "anchor"
     shown_c, shown_ch = _shown(candidate, rule.metric), _shown(champion, rule.metric)
     if cand is None or champ is None:
-        side = "candidate" if cand is None else "champion"
+        side = "candidate" if cand is None else who
         value = shown_c if cand is None else shown_ch
         ok, why = False, f"{rule.metric}: {side} value is {value!r}, the comparison cannot pass without it"
     else:
         gain = cand - champ if rule.direction == "up" else champ - cand
         ok = gain >= rule.min_delta
-        why = (f"{rule.metric} ({rule.direction}): candidate {cand:.6g} vs champion {champ:.6g}, "
+        why = (f"{rule.metric} ({rule.direction}): candidate {cand:.6g} vs {who} {champ:.6g}, "
                f"improvement {gain:+.6g} >= {rule.min_delta:+.6g} is {ok}")
-    return Check("rule", rule.metric, rule.direction, shown_c, shown_ch, rule.min_delta, ok, why)
+    return Check(kind, rule.metric, rule.direction, shown_c, shown_ch, rule.min_delta, ok, why)
 
 
 def decide(
@@ -186,37 +202,60 @@ def decide(
     candidate: Metrics,
     champion: Metrics | None,
     champion_version: str | None,
+    anchor: Metrics | None = None,
 ) -> Decision:
     """Gate ``candidate`` against the champion's metrics (``None``: no champion, floors only).
 
-    Floors always apply; with a champion every rule applies too. All checks must pass.
+    Floors always apply; with a champion every rule applies too. A rule that tolerates a loss
+    (``min_delta < 0``) is also measured against ``anchor``, the first champion of the chain, so a
+    run of small losses cannot walk the champion down: each step may lose up to the tolerance
+    against its champion, and all of them together at most the tolerance against the anchor.
+    (A rule with ``min_delta >= 0`` needs no anchor: every hand-over held or improved it.)
+    All checks must pass.
     """
     if (champion is None) != (champion_version is None):
         raise ValueError("champion metrics and champion version must be given together")
     checks = [check_floor(f, candidate) for f in gate.floors]
     if champion is not None:
         checks += [check_rule(r, candidate, champion) for r in gate.rules]
+        if anchor is not None:
+            checks += [check_rule(r, candidate, anchor, "anchor") for r in gate.rules if r.min_delta < 0]
     return Decision(all(c.passed for c in checks), champion_version, tuple(checks))
 
 
-def resolve_champion(passes: Iterable[tuple[int, int | None]]) -> int | None:
-    """The version that must hold the champion alias, given every recorded *passing* decision.
+def rank_score(gate: VariantGate, metrics: Metrics | None) -> float:
+    """The gate metric, oriented so that higher is better; ``-inf`` when it is missing or unavailable."""
+    value = metric_value(metrics, gate.rank.metric)
+    if value is None:
+        return -math.inf
+    return value if gate.rank.direction == "up" else -value
+
+
+def champion_chain(passes: Iterable[tuple[int, int | None]], score: Mapping[int, float] | None = None) -> list[int]:
+    """The chain of justified hand-overs, first champion first, given every recorded *passing* decision.
 
     ``passes`` holds ``(candidate_version, compared_to)`` pairs, ``compared_to`` being the champion
-    version the candidate beat (``None``: it passed the floors with no champion). The champion is
-    the end of the chain of justified hand-overs: start from the highest version that passed with
-    no champion, then repeatedly move to the highest version that passed against the current one
-    (never revisiting a version). The result depends only on the set of decisions, not on the
-    order in which they were recorded, so every promoter that reads the same decisions agrees.
+    version the candidate beat (``None``: it passed the floors with no champion). Start from no
+    champion and repeatedly hand over to the best of the versions that passed against the current
+    one (never revisiting a version): best by ``score`` (:func:`rank_score`, higher is better),
+    the version number breaking ties only. The result depends only on the recorded decisions and
+    scores, not on the order they were recorded in, so every promoter that reads them agrees.
     """
+    score = score or {}
     beat: dict[int | None, set[int]] = {}
     for version, compared_to in passes:
         beat.setdefault(compared_to, set()).add(int(version))
+    chain: list[int] = []
     current: int | None = None
-    seen: set[int] = set()
     while True:
-        nxt = sorted(beat.get(current, set()) - seen)
+        nxt = beat.get(current, set()) - set(chain)
         if not nxt:
-            return current
-        current = nxt[-1]
-        seen.add(current)
+            return chain
+        current = max(nxt, key=lambda v: (score.get(v, -math.inf), v))
+        chain.append(current)
+
+
+def resolve_champion(passes: Iterable[tuple[int, int | None]], score: Mapping[int, float] | None = None) -> int | None:
+    """The version that must hold the champion alias: the end of :func:`champion_chain`."""
+    chain = champion_chain(passes, score)
+    return chain[-1] if chain else None

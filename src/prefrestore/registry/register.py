@@ -24,18 +24,23 @@ API, so the guarantee is built from the registry alone:
 - Every decision is recorded *before* the alias moves, as a tag on the candidate version:
   ``gate.vs.<champion version>`` (``gate.vs.none`` without a champion) holding the JSON evidence.
   A recorded decision is never changed (re-runs reuse it instead of re-deciding).
-- Who must be champion is a pure function of the recorded decisions,
-  :func:`prefrestore.registry.gates.resolve_champion`: follow the chain of passing decisions from "no
-  champion", always taking the highest version that beat the current one. Two candidates that both
-  beat the same champion are therefore resolved deterministically by version number.
+- Who must be champion is a pure function of the recorded decisions and the recorded evaluation
+  summaries, :func:`prefrestore.registry.gates.resolve_champion`: follow the chain of passing
+  decisions from "no champion", always taking the best (on the gate's ``rank`` metric; version
+  number breaks ties) of the versions that beat the current one. Two candidates that both beat the
+  same champion are therefore resolved deterministically, and the better one wins.
+- A tolerated loss is measured against the champion and against the chain's first champion (the
+  anchor, :func:`prefrestore.registry.gates.decide`), so a run of small losses stops at the tolerance.
 - Each promoter then *settles*: read all decisions and the alias; if the alias differs from the
   resolved champion, set it and read again; stop when a read finds them equal.
 - Compare-and-set: after gating, a promoter re-reads the alias and records its decision only if
   the champion is still the one it compared against; otherwise it gates again against the new
   champion (up to ``register.max_promotion_rounds`` times, the last decision being recorded
   whatever). What remains is the instant between that re-read and the tag write: candidates that
-  record passes against the same champion there are resolved by version number (the highest
-  wins; the others end ``superseded`` with their evidence kept, and are not gated again).
+  record passes against the same champion there are resolved by the rank metric (the best wins;
+  the others end ``superseded`` with their evidence kept, and are not gated again).
+- After settling, every promoter sweeps the ``gate.outcome`` tags: a version tagged ``champion``
+  that no longer holds the alias becomes ``superseded``, so the tags never name two champions.
 
 Guarantee: when all promoters have returned, the alias points at ``resolve_champion(all decisions)``.
 Proof sketch: consider the last settling read that found the alias correct. Any alias write after
@@ -143,6 +148,20 @@ def version_metrics(version: Any) -> dict[str, float | str]:
     return gates.validate_metrics(json.loads(version.tags[TAG_EVAL]), f"{version.name} v{version.version}")
 
 
+def rank_scores(versions: list[Any], gate: VariantGate) -> dict[int, float]:
+    """Every version's gate-metric score (:func:`gates.rank_score`) from its recorded evaluation summary."""
+    out: dict[int, float] = {}
+    for v in versions:
+        if TAG_EVAL in v.tags:
+            out[int(v.version)] = gates.rank_score(gate, json.loads(v.tags[TAG_EVAL]))
+    return out
+
+
+def chain(versions: list[Any], gate: VariantGate) -> list[int]:
+    """The resolved champion chain (first champion first) of these versions' recorded decisions."""
+    return gates.champion_chain(recorded_passes(versions), rank_scores(versions, gate))
+
+
 def recorded_passes(versions: list[Any]) -> list[tuple[int, int | None]]:
     """``(version, compared_to)`` for every recorded passing decision (duplicates excluded)."""
     out: list[tuple[int, int | None]] = []
@@ -156,7 +175,7 @@ def recorded_passes(versions: list[Any]) -> list[tuple[int, int | None]]:
     return out
 
 
-def settle(client: Any, name: str, alias: str, max_rounds: int) -> int | None:
+def settle(client: Any, name: str, alias: str, max_rounds: int, gate: VariantGate) -> int | None:
     """Make the alias equal to the champion resolved from the recorded decisions; see the module doc.
 
     Returns the champion confirmed by the final read. Raises ``RuntimeError`` if the registry keeps
@@ -166,7 +185,8 @@ def settle(client: Any, name: str, alias: str, max_rounds: int) -> int | None:
 
     last_error: Exception | None = None
     for _ in range(max_rounds):
-        target = gates.resolve_champion(recorded_passes(all_versions(client, name)))
+        resolved = chain(all_versions(client, name), gate)
+        target = resolved[-1] if resolved else None
         current = alias_version(client, name, alias)
         if target is None or current == target:
             return current
@@ -200,9 +220,14 @@ def promote(
     recorded = client.get_model_version(name, str(version)).tags
     if TAG_OUTCOME in recorded:  # promoted before (a re-run): report the recorded evidence, never re-decide
         decisions: list[dict[str, Any]] = json.loads(recorded.get(TAG_EVIDENCE, "[]"))
+        final = settle(client, name, alias, cfg.max_settle_rounds, gate)
     else:
-        decisions = _gate_with_cas(client, name, version, metrics, gate, cfg)
-    final = settle(client, name, alias, cfg.max_settle_rounds)
+        decisions = []
+        for _ in range(cfg.max_promotion_rounds):
+            decisions += _gate_with_cas(client, name, version, metrics, gate, cfg)
+            final = settle(client, name, alias, cfg.max_settle_rounds, gate)
+            if not _gate_again(client, name, version, final, decisions, gate):
+                break
     latest = decisions[-1] if decisions else None
     if final == version:
         outcome = "champion"
@@ -214,7 +239,30 @@ def promote(
         client.set_model_version_tag(name, str(version), TAG_DECISION, "pass" if latest["passed"] else "fail")
         client.set_model_version_tag(name, str(version), TAG_EVIDENCE, json.dumps(decisions, sort_keys=True))
     client.set_model_version_tag(name, str(version), TAG_OUTCOME, outcome)
+    sweep_outcomes(client, name, alias)
     return PromotionResult(version, final, outcome, tuple(decisions))
+
+
+def _gate_again(client: Any, name: str, version: int, final: int | None, decisions: list[dict[str, Any]],
+                gate: VariantGate) -> bool:
+    """A passing candidate that another promotion's chain left behind, but that ranks above the
+    champion it ended under, is gated against that champion too: the better model must not lose
+    the race to the order in which decisions were recorded."""
+    if final is None or final == version or not decisions or not decisions[-1]["passed"]:
+        return False
+    if decisions[-1]["compared_to"] == str(final):
+        return False  # already decided against this champion
+    scores = rank_scores([client.get_model_version(name, str(v)) for v in (version, final)], gate)
+    return scores.get(version, -float("inf")) > scores.get(final, -float("inf"))
+
+
+def sweep_outcomes(client: Any, name: str, alias: str) -> None:
+    """Retag versions that say ``champion`` but no longer hold the alias as ``superseded``
+    (after this promoter's own writes, so the last sweep of all sees every one of them)."""
+    holder = alias_version(client, name, alias)
+    for v in all_versions(client, name):
+        if v.tags.get(TAG_OUTCOME) == "champion" and int(v.version) != holder:
+            client.set_model_version_tag(name, str(v.version), TAG_OUTCOME, "superseded")
 
 
 def _gate_with_cas(
@@ -236,7 +284,10 @@ def _gate_with_cas(
         if key in tags:  # decided against this champion before (an interrupted run): reuse it
             return [json.loads(tags[key])]
         champ_metrics = version_metrics(client.get_model_version(name, str(champ))) if champ else None
-        decision = gates.decide(gate, metrics, champ_metrics, str(champ) if champ else None)
+        first = chain(all_versions(client, name), gate)[:1]  # the anchor of tolerated losses
+        anchor = version_metrics(client.get_model_version(name, str(first[0]))) \
+            if first and champ is not None and first[0] != champ else None
+        decision = gates.decide(gate, metrics, champ_metrics, str(champ) if champ else None, anchor)
         last = attempt == cfg.max_promotion_rounds - 1
         if alias_version(client, name, alias) != champ and not last:
             continue  # compare-and-set failed: the champion moved while we gated; gate again
