@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prefrestore.core.config import load
-from prefrestore.registry import gates, register
+from prefrestore.registry import register
 
 
 @pytest.fixture(scope="module")
