@@ -3,8 +3,10 @@
     I_l = {[(I_h (x) k_sigma) downsample_r + n_delta] JPEG_q} upsample_r          (Eq. 16)
 
 * :class:`DegradeConfig` is the ``degrade`` section of ``params.yaml`` (ranges, kernel size,
-  interpolation, ...). ``paper`` is Eq. 16 with the paper's ranges; ``released`` reproduces the
-  authors' ``degrade_image`` (50/50 iso/aniso 41x41 kernels, r in [4, 30], q = int(U(30, 80))).
+  interpolation, ...). ``paper`` is Eq. 16 with the paper's ranges; ``released`` is what the authors
+  trained with: ``degrade_image`` (50/50 iso/aniso 41x41 kernels) at the ranges ``dataset.py`` passes
+  in (r in [1, 30], q = int(U(30, 90)), 20% (HQ, HQ)); ``released_defaults`` is ``degrade_image`` at its
+  own defaults (r in [4, 30], q = int(U(30, 80))).
 * :func:`draw_params` draws one :class:`DegradeParams` (every random choice, including the noise
   seed); :func:`params_for` derives it from ``(seed, sample id, epoch)`` only, so a sample's
   degradation never depends on worker count or order.
