@@ -329,7 +329,7 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
 
 # Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
-# and blur_downsample_dft at 512 px on the AMD EPYC dev box (benchmarks/RESULTS.md, "per-sample path"):
+# and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
 # the banded path's time is its flop count (both passes, with their block sizes) at ~44 GFLOP/s
 # (median error 21%; terms for calls and data moves did not improve the fit), the DFT path's is
 # 2 C + 1 real DFTs of the padded frame. The model picked the faster path in 95% of the measured
