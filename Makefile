@@ -36,7 +36,7 @@ format: setup  ## ruff format + fix
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup  ## run the CPU benchmarks (commands and results in benchmarks/RESULTS.md)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_degrade.py --profile paper released --n 100 --n-ref 20 --size 512 --batch 16 --device cpu
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_degrade.py --profile paper released_defaults released --n 100 --n-ref 20 --runs 3 --size 512 --batch 16 --device cpu
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_evaluate.py --images 16 --size 512
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_caption.py --images 32 --batch-sizes 1 2 4 8 16 --threads 1
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_model.py --profile tiny --batch 4 --threads 1

@@ -35,16 +35,28 @@ def released() -> DegradeConfig:
     return load("released").section("degrade", DegradeConfig)
 
 
+# Every field of the two released presets, checked against zjYao36/Pref_Restore @ 966915e:
+# blip3o/data/dataset.py:403-413 (the ranges the training path passes to degrade_image), :527 (the 20%
+# (HQ, HQ) skip), and blip3o/data/image_degradation.py (defaults :11-23, draws and operators :59-91).
+RELEASED = {
+    "p_rec": 0.2, "aniso_prob": 0.5, "sigma": (1.0, 15.0), "rotation": (-math.pi, math.pi), "kernel_size": 41,
+    "downsample": (1.0, 30.0), "size_rule": "floordiv", "down_interp": "linear", "up_interp": "linear",
+    "noise": (0.0, 20.0), "noise_kind": "color", "jpeg_quality": (30, 90), "quality_draw": "floor_uniform",
+    "quantize": "truncate",
+}
+RELEASED_DEFAULTS = {**RELEASED, "p_rec": 0.0, "downsample": (4.0, 30.0), "jpeg_quality": (30, 80)}
+NOT_RELEASED = {"kernel_truncate", "benchmark_seed", "workers"}  # project choices, not the released code's
+
+
 def test_presets_load_with_documented_values(paper: DegradeConfig, released: DegradeConfig) -> None:
     assert (paper.sigma, paper.downsample, paper.noise, paper.jpeg_quality) == ((1, 15), (1, 30), (0, 20), (40, 100))
     assert paper.aniso_prob == 0.0 and paper.p_rec == 0.1
-    # released blip3o/data/image_degradation.py: 50/50 iso/aniso 41x41, r [4, 30], q int(U(30, 80)), p_rec 0.2
-    assert released.aniso_prob == 0.5 and released.kernel_size == 41
-    assert released.rotation == (-math.pi, math.pi)
-    assert released.sigma == (1, 15) and released.downsample == (4, 30) and released.noise == (0, 20)
-    assert released.jpeg_quality == (30, 80) and released.quality_draw == "floor_uniform"
-    assert (released.down_interp, released.up_interp, released.size_rule) == ("linear", "linear", "floordiv")
-    assert released.noise_kind == "color" and released.quantize == "truncate" and released.p_rec == 0.2
+    assert set(RELEASED) | NOT_RELEASED == {f.name for f in dataclasses.fields(DegradeConfig)}
+    defaults = load("released_defaults").section("degrade", DegradeConfig)
+    for name, want in RELEASED.items():
+        assert getattr(released, name) == want, name
+    for name, want in RELEASED_DEFAULTS.items():
+        assert getattr(defaults, name) == want, name
     tiny = load("tiny").section("degrade", DegradeConfig)
     assert tiny.downsample[1] <= 8 and tiny.kernel_size == 0
 
@@ -59,7 +71,7 @@ def test_out_of_range_is_config_error(override: dict) -> None:
         load("paper").with_overrides(override).section("degrade", DegradeConfig)
 
 
-@pytest.mark.parametrize("profile", ["paper", "released", "tiny"])
+@pytest.mark.parametrize("profile", ["paper", "released", "released_defaults", "tiny"])
 def test_draws_stay_in_range(profile: str) -> None:
     cfg = load(profile).section("degrade", DegradeConfig)
     rng = np.random.default_rng(0)
@@ -73,7 +85,7 @@ def test_draws_stay_in_range(profile: str) -> None:
     assert abs((frame["kernel"] == "aniso").mean() - cfg.aniso_prob) < 0.04
     # the ranges are actually covered, not a corner of them
     assert frame["r"].max() - frame["r"].min() > 0.9 * (cfg.downsample[1] - cfg.downsample[0])
-    if cfg.quality_draw == "floor_uniform":  # int(U(30, 80)) never reaches 80
+    if cfg.quality_draw == "floor_uniform":  # int(U(30, 90)) never reaches 90
         assert frame["q"].max() == cfg.jpeg_quality[1] - 1 and frame["q"].min() == cfg.jpeg_quality[0]
     else:
         assert frame["q"].max() == cfg.jpeg_quality[1] and frame["q"].min() == cfg.jpeg_quality[0]

@@ -1,9 +1,10 @@
-"""The fast path (blur computed only where the resize samples) equals the direct full-resolution path.
+"""The fast paths (banded: blur computed only where the resize samples; DFT) equal the direct path.
 
 Ground truth: ``pre_jpeg_reference`` = ``cv2.filter2D`` (41x41 or adaptive kernel, reflect-101) over the
 whole image, then ``cv2.resize``, noise, clip. Same drawn params; max abs diff <= 1/255 before JPEG.
 Each shortcut of degrade_fast.py is also proved on its own: banded operator storage, block sizes,
-channel-planar rows, the rank search and the closed-form kernel.
+channel-planar rows, the rank search and its error bound, the closed-form kernel, the DFT blur and the
+per-sample choice between the two paths (Eq. 16's blur + downsample).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefrestore.data.degrade import fast as degrade_fast
 from prefrestore.data.degrade.direct import (
     DegradeConfig,
     DegradeParams,
+    blur_plan,
     degrade,
     degrade_reference,
     draw_params,
@@ -32,7 +34,8 @@ from prefrestore.data.degrade.direct import (
 )
 
 TOL = 1.0 / 255.0
-FLOAT_TOL = 1e-5  # float32 rounding plus SEPARABLE_TOL: what every shortcut must stay within
+FLOAT_TOL = degrade_fast.SEPARABLE_TOL + 1e-6  # the rank truncation's bound plus float32 rounding
+ROUNDING = 1e-5  # float32 rounding alone: what a shortcut without rank truncation must stay within
 
 
 def _cfg(profile: str, **changes) -> DegradeConfig:
@@ -42,7 +45,9 @@ def _cfg(profile: str, **changes) -> DegradeConfig:
 @pytest.mark.parametrize(("profile", "changes", "size"), [
     ("paper", {}, 512),
     ("released", {}, 512),
-    ("released", {"aniso_prob": 1.0, "downsample": (1.0, 30.0)}, 256),
+    ("released", {"aniso_prob": 1.0, "downsample": (1.0, 4.0)}, 512),  # where the DFT path is picked
+    ("released_defaults", {}, 512),
+    ("released", {"aniso_prob": 1.0}, 256),
     ("paper", {"down_interp": "area", "up_interp": "area"}, 256),
     ("paper", {"down_interp": "cubic", "up_interp": "cubic", "size_rule": "round"}, 200),
     ("tiny", {}, 64),
@@ -103,7 +108,7 @@ def test_separable_factors_meet_tolerance() -> None:
         p = DegradeParams("aniso", 9.0, 1.2, theta, 4.0, 0.0, 50, 0, False)
         k = gaussian_kernel(p, cfg)
         v, h = degrade_fast.separable_factors(k)
-        assert np.abs(k - np.einsum("si,sj->ij", v, h)).sum() <= degrade_fast.SEPARABLE_TOL
+        assert degrade_fast.worst_pixel_error(k - np.einsum("si,sj->ij", v, h)) <= degrade_fast.SEPARABLE_TOL
         if theta == 0.0:
             assert len(v) == 1  # axis-aligned Gaussians are exactly separable
 
@@ -120,10 +125,24 @@ def test_rank_search_finds_the_fewest_terms(profile: str, changes: dict) -> None
         k = gaussian_kernel(draw_params(rng, cfg), cfg)
         u, s, vt = np.linalg.svd(k)
         fewest = next(r for r in range(1, len(s) + 1)
-                      if np.abs(k - (u[:, :r] * s[:r]) @ vt[:r]).sum() <= degrade_fast.SEPARABLE_TOL)
+                      if degrade_fast.worst_pixel_error(k - (u[:, :r] * s[:r]) @ vt[:r]) <= degrade_fast.SEPARABLE_TOL)
         v, h = degrade_fast.separable_factors(k)
         assert len(v) == fewest
-        assert np.abs(k - v.T @ h).sum() <= degrade_fast.SEPARABLE_TOL
+        assert degrade_fast.worst_pixel_error(k - v.T @ h) <= degrade_fast.SEPARABLE_TOL
+
+
+def test_worst_pixel_error_is_attained() -> None:
+    """The bound of the rank truncation is reached by a [0, 1] image, and no [0, 1] image exceeds it."""
+    cfg = _cfg("released", aniso_prob=1.0)
+    p = DegradeParams("aniso", 9.0, 1.5, 0.7, 4.0, 0.0, 50, 0, False)
+    k = gaussian_kernel(p, cfg)
+    u, s, vt = np.linalg.svd(k)
+    residual = k - (u[:, :3] * s[:3]) @ vt[:3]
+    bound = degrade_fast.worst_pixel_error(residual)
+    attained = max((residual * (residual > 0)).sum(), -(residual * (residual < 0)).sum())
+    assert bound == pytest.approx(attained, rel=1e-12) and bound < np.abs(residual).sum()
+    for x in np.random.default_rng(0).random((200, *k.shape)):
+        assert abs((residual * x).sum()) <= bound
 
 
 def test_gaussian_kernel_closed_form_inverse() -> None:
@@ -213,3 +232,70 @@ def test_reflect101_matches_opencv() -> None:
         row = np.arange(size, dtype=np.float32)[None]
         padded = cv2.copyMakeBorder(row, 0, 0, 30, 39 - size + 1, cv2.BORDER_REFLECT_101)[0]
         assert np.array_equal(degrade_fast.reflect101(idx, size), padded.astype(int))
+
+
+@pytest.mark.parametrize("interp", ["linear", "area", "cubic"])
+@pytest.mark.parametrize(("shape", "out_hw", "changes"), [
+    ((512, 512), (401, 401), {}),
+    ((160, 200), (97, 61), {}),  # not square, both axes resized differently
+    ((96, 96), (37, 37), {"kernel_size": 0, "kernel_truncate": 3.0}),  # adaptive kernel, radius 45 of 96
+])
+def test_dft_blur_is_the_direct_blur(interp: str, shape: tuple[int, int], out_hw: tuple[int, int],
+                                     changes: dict) -> None:
+    """The DFT path: reflect-101 padding + spectrum product + crop equals filter2D + resize to float rounding."""
+    cfg = _cfg("released", down_interp=interp, **changes)
+    img = face_like(max(shape), seed=7)[: shape[0], : shape[1]].copy()
+    for p in (DegradeParams("aniso", 8.0, 2.0, 0.7, 1.3, 0.0, 50, 0, False),
+              DegradeParams("iso", 15.0, 15.0, 0.0, 1.3, 0.0, 50, 0, False)):
+        got = degrade_fast.blur_downsample_dft(img, gaussian_kernel(p, cfg), out_hw, interp)
+        kernel = gaussian_kernel(p, cfg).astype(np.float32)
+        blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+        want = cv2.resize(blurred, out_hw[::-1], interpolation=degrade_fast.INTERPOLATION[interp])
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= ROUNDING
+
+
+def test_dft_blur_refuses_a_kernel_wider_than_the_image() -> None:
+    with pytest.raises(ValueError, match="wider"):
+        degrade_fast.blur_downsample_dft(face_like(20, seed=1), np.ones((41, 41)) / 41**2, (10, 10), "linear")
+    assert not degrade_fast.dft_is_cheaper(40, 41, (20, 20), (20, 20), 3)  # so blur_plan never picks it there
+
+
+def test_small_r_anisotropic_uses_the_dft_path_and_equals_direct(monkeypatch) -> None:
+    """The bucket where the banded path lost (r < 2, rotated anisotropic) goes to the DFT path, exactly."""
+    cfg = _cfg("released")
+    img = face_like(512, seed=4)
+    p = DegradeParams("aniso", 8.0, 2.0, 0.7, 1.4, 5.0, 60, 9, False)
+    path, factors = blur_plan(p, cfg, img.shape)
+    assert path == "dft" and factors is None
+    assert len(kernel_factors(p, cfg)[0]) > 8  # a high-rank kernel: the banded cost would be ~10x the DFT's
+    calls = []
+    monkeypatch.setattr(degrade_fast, "blur_downsample",
+                        lambda *args: calls.append("banded") or pytest.fail("banded path used"))
+    got = pre_jpeg(img, p, cfg)
+    assert not calls
+    assert np.abs(got - pre_jpeg_reference(img, p, cfg)).max() <= ROUNDING
+    assert np.array_equal(degrade(img, p, cfg), degrade(img, p, cfg))  # deterministic: same bytes on replay
+
+
+def test_blur_plan_follows_the_cost_model() -> None:
+    """Paper (isotropic: rank 1) stays banded at every r; released picks the cheaper modelled path per draw."""
+    for profile, want_dft in (("paper", False), ("tiny", False), ("released", True)):
+        cfg = _cfg(profile)
+        size = 64 if profile == "tiny" else 512
+        rng = np.random.default_rng(3)
+        paths = []
+        for _ in range(300):
+            p = draw_params(rng, cfg)
+            path, factors = blur_plan(p, cfg, (size, size, 3))
+            assert path == blur_plan(p, cfg, (size, size, 3))[0]  # a function of the params only
+            rank = len(kernel_factors(p, cfg)[0])
+            length, out_hw = 2 * kernel_radius(p, cfg) + 1, lq_size(size, size, p, cfg)
+            banded = degrade_fast.banded_cost(rank, length, (size, size), out_hw, 3)
+            assert (path == "dft") == (degrade_fast.dft_cost(length, (size, size), 3) < banded)
+            assert (factors is None) == (path == "dft")
+            paths.append((path, p.r))
+        dft_r = [r for path, r in paths if path == "dft"]
+        assert bool(dft_r) == want_dft
+        if want_dft:  # mostly small r; never the large-r end, where every rank is cheaper banded
+            assert np.median(dft_r) < 4.0 and max(dft_r) < 16.0

@@ -3,13 +3,15 @@
     I_l = {[(I_h (x) k_sigma) downsample_r + n_delta] JPEG_q} upsample_r          (Eq. 16)
 
 * :class:`DegradeConfig` is the ``degrade`` section of ``params.yaml`` (ranges, kernel size,
-  interpolation, ...). ``paper`` is Eq. 16 with the paper's ranges; ``released`` reproduces the
-  authors' ``degrade_image`` (50/50 iso/aniso 41x41 kernels, r in [4, 30], q = int(U(30, 80))).
+  interpolation, ...). ``paper`` is Eq. 16 with the paper's ranges; ``released`` is what the authors
+  trained with: ``degrade_image`` (50/50 iso/aniso 41x41 kernels) at the ranges ``dataset.py`` passes
+  in (r in [1, 30], q = int(U(30, 90)), 20% (HQ, HQ)); ``released_defaults`` is ``degrade_image`` at its
+  own defaults (r in [4, 30], q = int(U(30, 80))).
 * :func:`draw_params` draws one :class:`DegradeParams` (every random choice, including the noise
   seed); :func:`params_for` derives it from ``(seed, sample id, epoch)`` only, so a sample's
   degradation never depends on worker count or order.
-* :func:`degrade` applies the params (fast exact path, :mod:`prefrestore.data.degrade.fast`) and is
-  bit-exact on replay; :func:`degrade_reference` is the direct full-resolution implementation in the
+* :func:`degrade` applies the params (fast exact paths, :mod:`prefrestore.data.degrade.fast`: banded
+  or DFT, per sample by :func:`blur_plan`) and is bit-exact on replay; :func:`degrade_reference` is the direct full-resolution implementation in the
   released code's style (``cv2.filter2D`` at full resolution, then resize): the baseline and the
   ground truth the fast path is tested against.
 * Self-reconstruction (Appendix F-B): with probability ``p_rec`` the sample is (HQ, HQ).
@@ -269,12 +271,44 @@ def pre_jpeg_reference(image: np.ndarray, p: DegradeParams, cfg: DegradeConfig) 
     return add_noise(small, p, cfg)
 
 
+BlurPath = Literal["banded", "dft"]
+
+
+def blur_plan(
+    p: DegradeParams, cfg: DegradeConfig, shape: tuple[int, ...]
+) -> tuple[BlurPath, tuple[np.ndarray, np.ndarray] | None]:
+    """The cheaper exact path for the blur + downsample of Eq. 16 on an ``[H, W, C]`` image, from ``p``.
+
+    ``("banded", (v, h))`` with the kernel's separable factors (:func:`degrade_fast.blur_downsample`,
+    cost ~ rank x LQ size) or ``("dft", None)`` (:func:`degrade_fast.blur_downsample_dft`, constant
+    cost), whichever the cost model of :mod:`prefrestore.data.degrade.fast` says is cheaper: the DFT
+    path where a high-rank (rotated anisotropic) kernel meets a small ``r``. A function of ``p``,
+    ``cfg`` and the shape only, so deterministic under a seed. The kernel is factored only when a
+    rank-1 banded pass would not already lose.
+    """
+    height, width, channels = shape
+    length, out_hw = 2 * kernel_radius(p, cfg) + 1, lq_size(height, width, p, cfg)
+    if degrade_fast.dft_is_cheaper(1, length, (height, width), out_hw, channels):
+        return "dft", None
+    factors = kernel_factors(p, cfg)
+    if degrade_fast.dft_is_cheaper(len(factors[0]), length, (height, width), out_hw, channels):
+        return "dft", None
+    return "banded", factors
+
+
 def pre_jpeg(image: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:
-    """Fast exact equivalent of :func:`pre_jpeg_reference` (blur computed only where resize samples)."""
+    """Fast exact equivalent of :func:`pre_jpeg_reference`, by the path :func:`blur_plan` picks.
+
+    Banded: the blur computed only where the resize samples; DFT: the whole blur as one spectrum
+    product per channel. Either equals the direct path to float32 rounding.
+    """
     image = check_image(image)
-    height, width = image.shape[:2]
-    v, h_k = kernel_factors(p, cfg)
-    small = degrade_fast.blur_downsample(image, v, h_k, lq_size(height, width, p, cfg), cfg.down_interp)
+    out_hw = lq_size(image.shape[0], image.shape[1], p, cfg)
+    _, factors = blur_plan(p, cfg, image.shape)
+    if factors is None:  # the DFT path
+        small = degrade_fast.blur_downsample_dft(image, gaussian_kernel(p, cfg), out_hw, cfg.down_interp)
+    else:
+        small = degrade_fast.blur_downsample(image, *factors, out_hw, cfg.down_interp)
     return add_noise(small, p, cfg)
 
 
