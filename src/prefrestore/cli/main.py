@@ -18,6 +18,7 @@ import yaml
 
 from prefrestore.core.config import ConfigError, load, profile_names, read_params_file
 from prefrestore.core.weights import MissingWeights
+from prefrestore.model.headers import CheckpointError
 from prefrestore.pipeline import steps
 
 EPILOG = """Every hyperparameter lives in params.yaml; --profile picks a profile (default: the file's
@@ -174,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingWeights as exc:
         print(f"missing weights: {exc}", file=sys.stderr)
         return 3
+    except CheckpointError as exc:
+        print(f"bad checkpoint: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if type(exc).__name__ != "ValidationFailed":
             raise

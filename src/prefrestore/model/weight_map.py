@@ -295,6 +295,8 @@ def file_config_value(part: str, config: Mapping[str, Any], key: str) -> tuple[b
                 return (key in TA_TOK_DEFAULTS, TA_TOK_DEFAULTS.get(key))
             node = node[k]
         return True, node
+    if key == "rope_theta" and key not in config and isinstance(config.get("rope_parameters"), Mapping):
+        config = config["rope_parameters"]  # transformers 5 writes rope_theta under rope_parameters
     if key in config:
         val = config[key]
         return True, val.lower() if key == "downsample_block_type" and isinstance(val, str) else _listify(val)
@@ -310,7 +312,7 @@ def file_config_value(part: str, config: Mapping[str, Any], key: str) -> tuple[b
     elif part in (QWEN3, NEXT):
         from transformers import Qwen3Config
 
-        defaults = {k: getattr(Qwen3Config(), k) for k in ("rope_theta", "tie_word_embeddings", "head_dim")}
+        defaults = {"tie_word_embeddings": Qwen3Config().tie_word_embeddings}
     return (key in defaults, defaults.get(key))
 
 
