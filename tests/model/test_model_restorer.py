@@ -50,7 +50,8 @@ def test_restorer_without_settings_is_an_error(model_dir, tmp_path) -> None:
         (tmp_path / "inference.json").rename(model_dir / "inference.json")
 
 
-def test_paper_init_names_the_missing_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("profile", "first_part"), [("paper", "Qwen3-0.6B"), ("released", "BLIP3o-NEXT-SFT-3B")])
+def test_pretrained_init_names_the_missing_weights(profile, first_part, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFRESTORE_MODEL_STORE", str(tmp_path / "empty-store"))
-    with pytest.raises(MissingWeights, match="BLIP3o-NEXT-SFT-3B"):
-        from_params(load("paper"))
+    with pytest.raises(MissingWeights, match=first_part):
+        from_params(load(profile))

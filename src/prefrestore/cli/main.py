@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore_cli.add_parser(sub)
     p = sub.add_parser("model-info", help="Parameter counts and shapes of a profile's model (meta device).")
     p.add_argument("--profile", help="params.yaml profile (default: the file's 'profile' key)")
+    p.add_argument("--plan", action="store_true",
+                   help="also the memory per GPU of each training stage under ZeRO-0/1/2/3 (train/memory_plan.py)")
+    p.add_argument("--gpus", type=int, metavar="N", help="with --plan: data-parallel GPUs (required with --plan)")
     p.set_defaults(handler=_model_info_cmd)
     return parser
 
@@ -164,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_info_cmd(args: argparse.Namespace) -> int:
     from prefrestore.model.params_count import model_info
 
-    print(model_info(args.profile or read_params_file()["profile"]))
+    profile = args.profile or read_params_file()["profile"]
+    if args.plan and (args.gpus is None or args.gpus < 1):
+        print("error: --plan needs --gpus N (N >= 1)", file=sys.stderr)
+        return 2
+    print(model_info(profile))
+    if args.plan:
+        from prefrestore.train.memory_plan import plan_table
+
+        print("\n" + plan_table(load(profile), args.gpus))
     return 0
 
 

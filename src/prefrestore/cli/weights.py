@@ -159,6 +159,53 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_profile(args: argparse.Namespace) -> int:
+    """``verify --profile P``: every part the profile starts from, key for key, headers only."""
+    import time
+
+    from prefrestore.core.config import load
+    from prefrestore.model.config import ModelConfig
+    from prefrestore.model.parts import PARTS
+    from prefrestore.model.verify import table, verify_aux, verify_model
+
+    t0 = time.perf_counter()
+    params = load(args.profile)
+    cfg = params.section("model", ModelConfig)
+    if cfg.init == "random":
+        print(f"profile '{args.profile}' starts from random weights (model.init: random): nothing to verify")
+        return 0
+    result = verify_model(cfg)
+    aux = {name: verify_aux(PARTS[name]) for name in args.aux}
+    print(f"profile '{args.profile}': model.init = {cfg.init}; store = {root_dir('store')}")
+    print("\n".join(table(result, aux)))
+    ok = result.ok and all(rep is not None and rep.ok for rep, _ in aux.values())
+    print(f"\n{'OK' if ok else 'GAPS FOUND'} ({time.perf_counter() - t0:.1f} s, headers only)")
+    return 0 if ok else 1
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    """Regenerate ``model/manifests/*.json`` from the public classes on meta (``--check``: compare only)."""
+    from prefrestore.model.parts import PARTS, stale_manifests, write_manifests
+
+    names = args.parts or list(PARTS)
+    unknown = sorted(set(names) - set(PARTS))
+    if unknown:
+        print(f"error: unknown part(s) {unknown}; known: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if args.check:
+        stale = stale_manifests(names)
+        for name in stale:
+            print(f"stale: {name} (run `prefrestore weights manifests {name}`)")
+        return 1 if stale else 0
+    for path in write_manifests(names):
+        print(f"wrote {path}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return cmd_verify_profile(args) if args.profile else cmd_verify(args)
+
+
 def add_parser(sub: Any) -> None:
     """The ``weights`` subcommand block (called from ``cli.build_parser``)."""
     p = sub.add_parser("weights", help="List (plan) or check (verify) every pretrained file the pipeline needs.")
@@ -171,4 +218,13 @@ def add_parser(sub: Any) -> None:
     pv.add_argument("--record", action="store_true",
                     help="record the sha256 of present files that have no published checksum (staging)")
     pv.add_argument("--json", action="store_true", help="machine-readable output")
-    pv.set_defaults(handler=cmd_verify)
+    pv.add_argument("--profile", help="instead: check the staged files a profile starts from, key for key "
+                                      "(safetensors headers, ta_tok.pth memory-mapped); exit 1 on any gap")
+    pv.add_argument("--aux", nargs="*", default=[], metavar="PART",
+                    help="with --profile: also check these parts against their manifests (e.g. qwen2.5-vl-32b-instruct "
+                         "clip-vit-large-patch14 pickscore-v1 hpsv2.1)")
+    pv.set_defaults(handler=_verify)
+    pm = wsub.add_parser("manifests", help="regenerate the public-checkpoint manifests (model/manifests/*.json)")
+    pm.add_argument("parts", nargs="*", help="part names (default: all)")
+    pm.add_argument("--check", action="store_true", help="exit 1 if a committed manifest differs from a fresh build")
+    pm.set_defaults(handler=cmd_manifests)

@@ -3,7 +3,7 @@
 | exit | meaning | raised as |
 |---|---|---|
 | 0 | success | |
-| 1 | bad input or data: a missing or unreadable file, an image or model that is not one, a registered model that does not exist | :class:`InputError`, ``OSError`` with a file name, ``ValueError``, ``KeyError``, MLflow's ``MlflowException``, safetensors' ``SafetensorError`` |
+| 1 | bad input or data: a missing or unreadable file, an image or model that is not one, a checkpoint of the wrong layout, a registered model that does not exist | :class:`InputError`, ``OSError`` with a file name, ``ValueError``, ``KeyError``, MLflow's ``MlflowException``, safetensors' ``SafetensorError`` |
 | 2 | usage or config: a bad argument, a bad or broken ``params.yaml`` value | ``argparse``, :class:`UsageError`, :class:`~prefrestore.core.config.ConfigError` |
 | 3 | missing weights: a file the local store lacks (``prefrestore weights plan`` says where it goes) | :class:`~prefrestore.core.weights.MissingWeights` |
 | 4 | data validation failed (great-expectations) | ``ValidationFailed`` |
@@ -55,6 +55,8 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
         return 3, _one_line(f"missing weights: {exc}")
     if name == "ValidationFailed":
         return 4, _one_line(f"validation failed: {exc}")
+    if name == "CheckpointError":  # prefrestore.model.headers: a public checkpoint that does not match
+        return 1, _one_line(f"bad checkpoint: {exc}")
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return 1, _one_line(f"error: {exc.strerror}: {exc.filename}")
     if isinstance(exc, (InputError, ValueError, KeyError, OSError)):

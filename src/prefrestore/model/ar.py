@@ -136,7 +136,7 @@ class ArIntegrator(nn.Module):
         """Random-init Qwen3 with the extended vocabulary (tiny tokenizer unless one is given)."""
         if tokenizer is None:
             if cfg.text_tokenizer != "tiny_wordlevel":
-                raise ValueError("ar.text_tokenizer=qwen3 needs the real Qwen3 tokenizer (init: pretrained)")
+                raise ValueError("ar.text_tokenizer=qwen3 needs the real Qwen3 tokenizer (init: qwen3_parts or blip3o_next)")
             tokenizer = build_tiny_text_tokenizer(cfg)
         extend_vocabulary(tokenizer, codebook_size, cfg.num_scale_tokens)
         lm = Qwen3ForCausalLM(qwen3_config(cfg, len(tokenizer)))

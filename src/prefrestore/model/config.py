@@ -13,7 +13,9 @@ from prefrestore.core.config import build, check_range
 
 LqCondition = Literal["cross_attn", "concat", "concat_channels"]
 ZlowPosition = Literal["none", "sincos2d"]
-Init = Literal["random", "pretrained"]
+# random: build from shapes | qwen3_parts: Qwen3-0.6B + TA-Tok + SANA, each from its own release (paper) |
+# blip3o_next: BLIP3o-NEXT-SFT-3B + TA-Tok + SANA's DC-AE, as the released code starts (model/weight_map.py)
+Init = Literal["random", "qwen3_parts", "blip3o_next"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class TokenizerConfig:
     feature_layer: int  # hidden_states index fed to the task layer (-2: second to last)
     code_dim: int  # codebook vector width (output of encode_task_layer)
     codebook_size: int  # number of discrete semantic codes
+    codebook_l2_norm: bool  # quantise by cosine: features and codes L2-normalised (TA-Tok SimVQ l2_normalized)
     commitment_beta: float  # VQ commitment weight (only for bootstrapping the codebook)
 
     def __post_init__(self) -> None:
@@ -110,14 +113,15 @@ class VaeConfig:
     upsample_block_type: str  # decoder upsampling (interpolate / pixel_shuffle)
     downsample_block_type: str  # encoder downsampling (Conv / pixel_unshuffle)
     shift_factor: float  # z = (E(x) - shift) * scale
-    scaling_factor: float  # z = (E(x) - shift) * scale
+    scaling_factor: float | None  # z = (E(x) - shift) * scale; null: read from the pretrained DC-AE's config.json
 
     def __post_init__(self) -> None:
         n = len(self.block_out_channels)
         for name in ("block_types", "encoder_layers_per_block", "decoder_layers_per_block", "qkv_multiscales"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"vae.{name} needs {n} entries (one per block_out_channels)")
-        check_range("vae.scaling_factor", self.scaling_factor, 1e-4, 1e4)
+        if self.scaling_factor is not None:
+            check_range("vae.scaling_factor", self.scaling_factor, 1e-4, 1e4)
 
     @property
     def compression(self) -> int:
@@ -129,10 +133,11 @@ class ModelConfig:
     """Params section ``model``: the whole Pref-Restore model (SPEC §2)."""
 
     image_size: int  # side of the HQ/LQ images the VAE sees (pixels)
-    init: Init  # random: build from shapes; pretrained: load BLIP3o-NEXT/SANA/TA-Tok from the store
+    init: Init  # random: build from shapes; qwen3_parts / blip3o_next: public checkpoints from the store
     lq_condition: LqCondition  # how z_low enters SANA: cross_attn tokens, width- or channel-concat latent
     zlow_position: ZlowPosition  # position for z_low cross-attn tokens: none or 2-D sincos
     cond_dropout: float  # CFG: probability of zeroing a sample's condition in training
+    connector_norm_init: float  # initial RMSNorm weight of a freshly built connector (BLIP3o-NEXT: sqrt(5.5))
     tokenizer: TokenizerConfig
     ar: ArConfig
     generator: GeneratorConfig
@@ -140,6 +145,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_range("model.cond_dropout", self.cond_dropout, 0.0, 1.0)
+        check_range("model.connector_norm_init", self.connector_norm_init, 1e-3, 1e3)
+        if self.init == "random" and self.vae.scaling_factor is None:
+            raise ValueError("model.vae.scaling_factor is null, which only a pretrained DC-AE can fill; set it for init: random")
         if self.image_size % self.vae.compression:
             raise ValueError(f"model.image_size {self.image_size} not divisible by VAE f{self.vae.compression}")
 

@@ -22,15 +22,21 @@ from prefrestore.core.atomic import write_json
 
 
 class Connector(nn.Sequential):
-    """``Linear(in, C) -> GELU(tanh) -> Linear(C, C) -> RMSNorm(C, eps=1e-5)``."""
+    """``Linear(in, C) -> GELU(tanh) -> Linear(C, C) -> RMSNorm(C, eps=1e-5)``.
 
-    def __init__(self, in_features: int, width: int) -> None:
+    ``norm_init``: the RMSNorm weight of a fresh connector (``model.connector_norm_init``; BLIP3o-NEXT's
+    ``blip3o_arch.py`` fills it with sqrt(5.5))."""
+
+    def __init__(self, in_features: int, width: int, norm_init: float = 1.0) -> None:
         super().__init__(
             nn.Linear(in_features, width),
             nn.GELU(approximate="tanh"),
             nn.Linear(width, width),
             nn.RMSNorm(width, eps=1e-5),
         )
+        if norm_init != 1.0:
+            with torch.no_grad():
+                self[3].weight.fill_(norm_init)
         self.in_features, self.width = in_features, width
 
 

@@ -91,8 +91,8 @@ class PrefRestoreModel(nn.Module):
         width = cfg.generator.caption_channels
         return cls(
             cfg, tok, ar,
-            Connector(cfg.ar.hidden_size, width),
-            Connector(cfg.generator.inner_dim, width),
+            Connector(cfg.ar.hidden_size, width, cfg.connector_norm_init),
+            Connector(cfg.generator.inner_dim, width, cfg.connector_norm_init),
             build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size, cfg.extra_in_channels),
             build_vae(cfg.vae),
             system_message,

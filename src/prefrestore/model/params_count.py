@@ -39,8 +39,8 @@ def build_components(cfg: ModelConfig, device: str | torch.device = "meta") -> n
         return nn.ModuleDict({
             "tokenizer": SemanticTokenizer(cfg.tokenizer),
             "ar": Qwen3ForCausalLM(qwen3_config(cfg.ar, extended_vocab_size(cfg))),
-            "diffusion_connector": Connector(cfg.ar.hidden_size, width),
-            "vae_connector": Connector(cfg.generator.inner_dim, width),
+            "diffusion_connector": Connector(cfg.ar.hidden_size, width, cfg.connector_norm_init),
+            "vae_connector": Connector(cfg.generator.inner_dim, width, cfg.connector_norm_init),
             "transformer": build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size, cfg.extra_in_channels),
             "vae": build_vae(cfg.vae),
         })

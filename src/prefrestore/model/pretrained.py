@@ -1,73 +1,127 @@
-"""The ``paper`` preset's starting weights, read offline from the local model store (SPEC §5).
+"""The ``paper`` and ``released`` starting weights, read offline from the local model store (SPEC §5).
 
-Each part comes from its own published checkpoint, staged under ``$PREFRESTORE_MODEL_STORE``
-(see ``prefrestore weights plan``); nothing is downloaded. A missing part raises
-:class:`prefrestore.core.weights.MissingWeights` naming the file and where it belongs.
-
-- AR: Qwen3 + its tokenizer from the BLIP3o-NEXT folder (vocabulary already extended there;
-  extended here otherwise and the embeddings resized).
-- Vision tower: SigLIP2-so400m-patch14-384 (``SiglipVisionModel``; see :mod:`.tokenizer`).
-- TA-Tok quantiser: ``encode_task_layer.*`` and the codebook from ``ta_tok.pth`` (a pickle-free
-  ``torch.load(weights_only=True)``, the format TA-Tok ships in).
-- SANA-1.5 1.6B transformer and DC-AE: the diffusers pipeline folder's ``transformer/`` and ``vae/``.
-- Connectors: fresh (stage 1.1 trains ``diffusion_connector``, stage 1.2 ``vae_connector``).
+Which public file fills which parameter is :mod:`prefrestore.model.weight_map` (``model.init``:
+``qwen3_parts`` or ``blip3o_next``); what each file holds is its manifest (:mod:`prefrestore.model.parts`).
+:func:`build_pretrained` first runs the same header check as ``prefrestore weights verify``, so a wrong,
+truncated or mismatched file fails before any tensor is read, with a line naming the file and the key.
+Then it builds the model with empty (meta) parameters, reads each source tensor once, applies the
+mapping (copy, the SimVQ codebook product, the extended embedding rows) and assigns it. Fresh tensors
+(the connectors the recipe trains from scratch) keep their normal initialisation; a fresh connector's
+RMSNorm starts at ``model.connector_norm_init`` (sqrt(5.5), as BLIP3o-NEXT's ``blip3o_arch.py``).
+The DC-AE's ``scaling_factor`` comes from its ``vae/config.json`` and is written into the model config.
 """
 
 from __future__ import annotations
 
-import torch
-from diffusers import AutoencoderDC, SanaTransformer2DModel
-from transformers import AutoTokenizer, Qwen3ForCausalLM, SiglipVisionModel
+import dataclasses
 
-from prefrestore.core.weights import WeightFile, require
-from prefrestore.model.ar import ArIntegrator, extend_vocabulary
+import torch
+import torch.nn.functional as F
+from accelerate import init_empty_weights
+from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+from prefrestore.core.weights import require
+from prefrestore.model.ar import ArIntegrator, extend_vocabulary, qwen3_config
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.connectors import Connector
+from prefrestore.model.generator import build_transformer, build_vae
+from prefrestore.model.headers import CheckpointError, load_ta_tok, load_tensors, weight_files
 from prefrestore.model.model import PrefRestoreModel
+from prefrestore.model.params_count import extended_vocab_size
+from prefrestore.model.parts import BLIP3O_NEXT, PARTS, QWEN3_06B, SANA, TA_TOK
 from prefrestore.model.tokenizer import SemanticTokenizer
+from prefrestore.model.verify import part_dir, verify_model
+from prefrestore.model.weight_map import NEXT, QWEN3, Assignment, assignments, start_for
 
-BLIP3O_NEXT = WeightFile("blip3o-next-ar", "store", "BLIP3o-NEXT-SFT-3B", None,
-                         "model (Qwen3 AR integrator + extended tokenizer)", "https://huggingface.co/BLIP3o/BLIP3o-NEXT-SFT-3B")
-SIGLIP2 = WeightFile("siglip2-so400m-384", "store", "siglip2-so400m-patch14-384", None,
-                     "model (TA-Tok vision tower)", "https://huggingface.co/google/siglip2-so400m-patch14-384")
-TA_TOK = WeightFile("ta-tok", "store", "TA-Tok/ta_tok.pth", None,
-                    "model (TA-Tok task layer + 65,536-code codebook)", "https://huggingface.co/csuhan/TA-Tok")
-SANA = WeightFile("sana-1.5-1.6b", "store", "SANA1.5_1.6B_1024px_diffusers", None,
-                  "model (SANA-1.5 1.6B transformer + DC-AE f32c32)",
-                  "https://huggingface.co/Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers")
-WEIGHTS: tuple[WeightFile, ...] = (BLIP3O_NEXT, SIGLIP2, TA_TOK, SANA)
+# the files `prefrestore weights plan` lists for the model (SANA's folder holds the transformer and the DC-AE)
+WEIGHTS = (BLIP3O_NEXT.weight, QWEN3_06B.weight, TA_TOK.weight, SANA.weight)
 
 
-def load_ta_tok_quantizer(tok: SemanticTokenizer, path) -> None:
-    """Copy ``encode_task_layer.*`` and the codebook out of a TA-Tok state dict (weights only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    task = {k.split("encode_task_layer.", 1)[1]: v for k, v in state.items() if "encode_task_layer." in k}
-    books = [k for k in state if k.endswith(("codebook", "embedding.weight", "embed.weight")) and "quant" in k]
-    if not task or len(books) != 1:
-        raise ValueError(f"{path}: cannot find encode_task_layer.* and one quantiser codebook "
-                         f"(keys: {sorted(state)[:40]}...)")
-    tok.encode_task_layer.load_state_dict(task)
-    tok.codebook.data.copy_(state[books[0]].reshape(tok.codebook.shape))
+def check_staged(cfg: ModelConfig) -> ModelConfig:
+    """Headers + configs of every part ``cfg.init`` needs; returns ``cfg`` with the DC-AE scaling factor filled in."""
+    for name in start_for(cfg).parts:
+        require(PARTS[name].weight)  # MissingWeights names the absent file and where it belongs
+    result = verify_model(cfg)
+    if result.errors:
+        name, err = next(iter(result.errors.items()))
+        raise CheckpointError(f"{name}: {err}")
+    for name, rep in result.reports.items():
+        for label, items in (("missing key", rep.missing), ("unexpected key", rep.unexpected),
+                             ("shape mismatch", rep.mismatched), ("config disagreement", rep.config)):
+            if items:
+                raise CheckpointError(f"{part_dir(PARTS[name])}: {label} {items[0]} ({len(items)} in all; "
+                                      f"`prefrestore weights verify --profile ...` lists them)")
+    return dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=result.scaling_factor))
+
+
+def _source_tensors(needed: dict[str, set[str]]) -> dict[tuple[str, str], torch.Tensor]:
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    for part, keys in needed.items():
+        path = part_dir(PARTS[part])
+        if PARTS[part].layout == "ta_tok_pth":
+            _, sd = load_ta_tok(path)
+            out.update({(part, k): sd[k] for k in keys})
+        else:
+            out.update({(part, k): v for k, v in load_tensors(weight_files(path), keys).items()})
+    return out
+
+
+def _value(a: Assignment, src: dict[tuple[str, str], torch.Tensor], fresh: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The project tensor for one assignment (fp32), from the source tensors it names."""
+    if a.kind == "fresh":
+        return fresh[a.target]
+    tensors = [src[(s.part, s.key)].float() for s in a.sources]
+    if a.kind == "copy":
+        return tensors[0]
+    if a.kind == "codebook":  # SimVQ get_emb: embedding_proj(embedding.weight)
+        emb, w, b = tensors
+        return F.linear(emb, w, b)
+    rows = tensors[0][: a.rows]  # "rows": the text rows copied; the added tokens start at their mean
+    new = rows.mean(0, keepdim=True).expand(fresh[a.target].shape[0] - a.rows, -1)
+    return torch.cat([rows, new], 0)
 
 
 def build_pretrained(cfg: ModelConfig, system_message: str) -> PrefRestoreModel:
-    """The ``init: pretrained`` model, each part from the local store (offline)."""
-    ar_dir, vision_dir, ta_tok, sana_dir = (require(w) for w in WEIGHTS)
-    vision = SiglipVisionModel.from_pretrained(vision_dir, local_files_only=True)
-    tok = SemanticTokenizer(cfg.tokenizer, vision=vision)
-    load_ta_tok_quantizer(tok, ta_tok)
+    """The ``qwen3_parts`` / ``blip3o_next`` model, each part from the local store (offline, no pickle)."""
+    cfg = check_staged(cfg)
+    ar_part = QWEN3 if cfg.init == "qwen3_parts" else NEXT
+    ar_dir = part_dir(PARTS[ar_part])
     text_tok = AutoTokenizer.from_pretrained(ar_dir, local_files_only=True, trust_remote_code=False)
     extend_vocabulary(text_tok, cfg.tokenizer.codebook_size, cfg.ar.num_scale_tokens)
-    lm = Qwen3ForCausalLM.from_pretrained(ar_dir, local_files_only=True, trust_remote_code=False)
-    if len(text_tok) > lm.get_input_embeddings().num_embeddings:
-        lm.resize_token_embeddings(len(text_tok))
-    if lm.config.hidden_size != cfg.ar.hidden_size:
-        raise ValueError(f"{ar_dir}: Qwen3 hidden {lm.config.hidden_size} != model.ar.hidden_size "
-                         f"{cfg.ar.hidden_size} (pick the matching profile: paper 1024, released 2048)")
-    ar = ArIntegrator(cfg.ar, lm, text_tok, cfg.tokenizer.codebook_size, cfg.num_image_tokens)
-    transformer = SanaTransformer2DModel.from_pretrained(sana_dir, subfolder="transformer", local_files_only=True)
-    vae = AutoencoderDC.from_pretrained(sana_dir, subfolder="vae", local_files_only=True)
+    vocab = extended_vocab_size(cfg)
+    if len(text_tok) != vocab:
+        raise CheckpointError(f"{ar_dir}: the tokenizer has {len(text_tok)} ids with the image/scale tokens, the profile "
+                              f"expects {vocab} (model.ar.text_vocab_size = len(base tokenizer))")
     width = cfg.generator.caption_channels
-    return PrefRestoreModel(cfg, tok, ar, Connector(cfg.ar.hidden_size, width),
-                            Connector(cfg.generator.inner_dim, width), transformer, vae, system_message)
+    fresh_model = {"diffusion_connector": Connector(cfg.ar.hidden_size, width, cfg.connector_norm_init),
+                   "vae_connector": Connector(cfg.generator.inner_dim, width, cfg.connector_norm_init)}
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary, ...) real
+        tok = SemanticTokenizer(cfg.tokenizer)
+        lm = Qwen3ForCausalLM(qwen3_config(cfg.ar, vocab))
+        transformer = build_transformer(cfg.generator, cfg.vae.latent_channels, cfg.latent_size, cfg.extra_in_channels)
+        vae = build_vae(cfg.vae)
+    ar = ArIntegrator(cfg.ar, lm, text_tok, cfg.tokenizer.codebook_size, cfg.num_image_tokens)
+    model = PrefRestoreModel(cfg, tok, ar, fresh_model["diffusion_connector"], fresh_model["vae_connector"],
+                             transformer, vae, system_message)
+    plan = assignments(cfg)
+    needed: dict[str, set[str]] = {}
+    for a in plan:
+        for s in a.sources:
+            needed.setdefault(s.part, set()).add(s.key)
+    src = _source_tensors(needed)
+    current = model.state_dict()
+    state = {a.target: _value(a, src, current) for a in plan}
+    for key, t in state.items():
+        if tuple(t.shape) != tuple(current[key].shape):
+            raise CheckpointError(f"{key}: built {list(t.shape)}, the model needs {list(current[key].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    allowed = {"ar.lm.lm_head.weight"} if cfg.ar.tie_word_embeddings else set()
+    if set(missing) - allowed or unexpected:
+        raise RuntimeError(f"pretrained load left {sorted(set(missing) - allowed)[:3]} unset, {unexpected[:3]} unused")
+    if cfg.ar.tie_word_embeddings:
+        lm.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise RuntimeError(f"pretrained load left meta tensors: {still_meta[:3]}")
+    return model
+

@@ -70,9 +70,11 @@ class SemanticTokenizer(nn.Module):
         return self.encode_task_layer(out.hidden_states[self.cfg.feature_layer])
 
     def quantize(self, feats: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """L2-nearest code per vector: ``[B, N, D] -> ids [B, N]`` (chunked; 65,536 codes fit)."""
+        """Nearest code per vector (L2; cosine with ``codebook_l2_norm``): ``[B, N, D] -> ids [B, N]`` (chunked; 65,536 codes fit)."""
         flat = feats.detach().reshape(-1, feats.shape[-1]).float()
         book = self.codebook.detach().float()
+        if self.cfg.codebook_l2_norm:  # TA-Tok SimVQ with l2_normalized: nearest by cosine
+            flat, book = F.normalize(flat, dim=-1), F.normalize(book, dim=-1)
         book_sq = (book * book).sum(-1)
         ids = []
         for rows in flat.split(chunk):

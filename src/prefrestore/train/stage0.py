@@ -2,8 +2,8 @@
 
 What it does depends on ``model.init``:
 
-- ``pretrained`` (the ``paper`` profile): **no training**. It assembles the initial model from the
-  local model store (BLIP3o-NEXT's Qwen3 AR, SigLIP2 + TA-Tok, SANA-1.5 1.6B + DC-AE) through
+- ``qwen3_parts`` / ``blip3o_next`` (the ``paper`` / ``released`` profiles): **no training**. It assembles the initial model from the
+  local model store (the public parts of docs/PAPER_PROFILE.md, mapped by ``model/weight_map.py``) through
   :func:`prefrestore.model.from_params`, which raises :class:`~prefrestore.core.weights.MissingWeights`
   naming each absent file. It then saves the result as the HF-style base directory.
 - ``random`` (the ``tiny`` profile): **stage 0**, a stand-in for the pretraining that BLIP3o-NEXT,
@@ -17,7 +17,7 @@ What it does depends on ``model.init``:
      SANA learns conditional flow matching of HQ latents on the AR's cross-attention tokens.
 
   Each phase ends with a checkpoint of the whole model (``checkpoints/phase-<n>-<name>``). A re-run
-  continues after the last finished phase. Stage-0 training refuses ``model.init: pretrained``.
+  continues after the last finished phase. Stage-0 training refuses the pretrained inits (``qwen3_parts``, ``blip3o_next``).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]
         raise RuntimeError(f"bootstrap runs in one process (it is minutes on a CPU); launched with "
                            f"{distributed.world_size()} processes: run it without torchrun")
     t0 = time.perf_counter()
-    if mcfg.init == "pretrained":
-        log.info("bootstrap: model.init=pretrained -> assembling the base model from the local store (no training)")
+    if mcfg.init != "random":
+        log.info(f"bootstrap: model.init={mcfg.init} -> assembling the base model from the local store (no training)")
         tracking.set_tags({"bootstrap_mode": "assemble"})
         model = from_params(params)  # MissingWeights names any absent part
         summary: dict[str, Any] = {"mode": "assemble"}

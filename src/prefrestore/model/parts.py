@@ -1,0 +1,501 @@
+"""The public checkpoints the pretrained profiles start from, and their tensor manifests.
+
+Each :class:`Part` records where a public release lives in the local store, where its facts come
+from (repository, path, commit) and the config values that fix its tensor shapes. Its manifest
+(every tensor name, shape and published dtype) is derived from the public class, built on the
+``meta`` device with those config values (HF/diffusers classes), or from the public module code
+(TA-Tok, the BLIP3o-NEXT wrapper). ``prefrestore weights manifests`` writes them to
+``model/manifests/<part>.json``; ``--check`` compares the committed files with a fresh build.
+
+Config values carry their provenance: ``source`` says where the number was read. A value marked
+``unverified`` was not found in any public file this project could read; ``prefrestore weights
+verify`` compares it with the user's real file, which is the authority.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from prefrestore.core.weights import WeightFile
+from prefrestore.model.headers import TensorInfo, dtype_name
+
+MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
+MANIFEST_FORMAT = "prefrestore-manifest/1"
+Layout = Literal["safetensors_folder", "ta_tok_pth", "torch_state_dict"]
+
+# Public code the facts below were read from (commits of the snapshots read for issue 17).
+TAR = {"repo": "csuhan/Tar", "commit": "47da8e15ee715b7efac7e97b4dc4da98145741eb"}
+BLIP3O = {"repo": "JiuhaiChen/BLIP3o", "commit": "6ced364eeee8b2d53e9491ffae48b00a0271cda2"}
+PREF_RESTORE = {"repo": "zjYao36/Pref_Restore", "commit": "966915e09dee64a1fb6d4936be1b7f4d8a3acfd4"}
+SANA_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_sana_to_diffusers.py",
+                "commit": "065628f582a780fb3ff7985c34edcf427a045733"}
+DCAE_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_dcae_to_diffusers.py",
+                "commit": "074817cfdcc1af232610673ec560ebe3b4bcbe07"}
+UNVERIFIED = "unverified: not found in a public file read for this project; `weights verify` checks the real file"
+
+
+def value(v: Any, source: str) -> dict[str, Any]:
+    return {"value": v, "source": source}
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    name: str  # manifest id
+    title: str  # what it is
+    weight: WeightFile  # where it lives (root + relpath of the folder or file)
+    layout: Layout  # how its tensors are stored
+    subfolder: str  # folder inside ``weight`` holding config.json + safetensors ("" = the folder itself)
+    code: Mapping[str, str]  # public code that defines the module (repo, path, commit)
+    config: Mapping[str, Mapping[str, Any]]  # {key: {"value", "source"}}: values that fix the shapes
+    dtype: str  # published dtype of the weights ("unknown" where no public file says)
+    build: Callable[[Mapping[str, Any]], dict[str, TensorInfo]]  # config values -> {name: (shape, dtype)}
+    notes: tuple[str, ...] = ()  # layout facts a reader needs (ignored keys, renames)
+
+    def values(self) -> dict[str, Any]:
+        return {k: v["value"] for k, v in self.config.items()}
+
+    def manifest(self) -> dict[str, Any]:
+        tensors = self.build(self.values())
+        return {"format": MANIFEST_FORMAT, "part": self.name, "title": self.title,
+                "store": {"root": self.weight.root, "relpath": self.weight.relpath, "subfolder": self.subfolder,
+                          "layout": self.layout, "source": self.weight.source},
+                "code": dict(self.code), "config": {k: dict(v) for k, v in self.config.items()},
+                "dtype": self.dtype, "notes": list(self.notes), "num_tensors": len(tensors),
+                "num_parameters": sum(_numel(s) for s, _ in tensors.values()),
+                "tensors": {k: [list(s), d] for k, (s, d) in sorted(tensors.items())}}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def module_tensors(module: nn.Module, dtype: str, prefix: str = "") -> dict[str, TensorInfo]:
+    """Every entry of ``module.state_dict()`` (parameters and persistent buffers), shapes only."""
+    return {prefix + k: (tuple(v.shape), dtype if v.is_floating_point() else dtype_name(v.dtype))
+            for k, v in module.state_dict().items()}
+
+
+def on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return factory()
+
+
+# ------------------------------------------------------------------ Qwen3 (AR integrator)
+def qwen3_tensors(c: Mapping[str, Any], dtype: str, prefix: str = "") -> dict[str, TensorInfo]:
+    """Qwen3ForCausalLM's saved tensors; a tied ``lm_head.weight`` is not written by ``save_pretrained``."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    lm = on_meta(lambda: Qwen3ForCausalLM(Qwen3Config(**{k: c[k] for k in keys})))
+    out = module_tensors(lm, dtype, prefix)
+    if c["tie_word_embeddings"]:
+        out.pop(prefix + "lm_head.weight")
+    return out
+
+
+def _qwen3_config(src: str, **values: Any) -> dict[str, dict[str, Any]]:
+    return {k: value(v, src) for k, v in values.items()}
+
+
+QWEN3_06B_SRC = ("Qwen/Qwen3-0.6B config.json as mirrored at huggingface.co/TensorStack/TextEncoder/"
+                 "blob/main/Qwen-3-06B/config.json (transformers 4.51.0)")
+QWEN3_06B = Part(
+    name="qwen3-0.6b", title="Qwen3-0.6B causal LM (the paper's AR integrator, Sec. V-A)",
+    weight=WeightFile("qwen3-0.6b", "store", "Qwen3-0.6B", None, "model (paper: Qwen3-0.6B AR integrator + tokenizer)",
+                      "https://huggingface.co/Qwen/Qwen3-0.6B"),
+    layout="safetensors_folder", subfolder="",
+    code={"repo": "huggingface/transformers", "path": "src/transformers/models/qwen3/modeling_qwen3.py",
+          "class": "Qwen3ForCausalLM"},
+    config=_qwen3_config(QWEN3_06B_SRC, vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                         num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                         tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=40960),
+    dtype="BF16", build=lambda c: qwen3_tensors(c, "BF16"),
+    notes=("tie_word_embeddings: lm_head.weight is the embedding; save_pretrained does not write it",
+           "embed_tokens has 151936 rows; the tokenizer has 151669 tokens, rows 151669.. are padding"),
+)
+
+# ------------------------------------------------------------------ SANA 1.5 1.6B + DC-AE
+SANA_CONFIG = {
+    "in_channels": value(32, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "out_channels": value(32, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "num_attention_heads": value(70, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "attention_head_dim": value(32, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "num_layers": value(20, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "num_cross_attention_heads": value(20, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "cross_attention_head_dim": value(112, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "cross_attention_dim": value(2240, "convert_sana_to_diffusers.py model_kwargs['SanaMS1.5_1600M_P1_D20']"),
+    "caption_channels": value(2304, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "mlp_ratio": value(2.5, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "attention_bias": value(False, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "sample_size": value(32, "convert_sana_to_diffusers.py: image_size // 32 at 1024 px"),
+    "patch_size": value(1, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "norm_elementwise_affine": value(False, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "norm_eps": value(1e-6, "convert_sana_to_diffusers.py transformer_kwargs"),
+    "interpolation_scale": value(None, "convert_sana_to_diffusers.py: interpolation_scale[1024] = None"),
+    "qk_norm": value("rms_norm_across_heads", "convert_sana_to_diffusers.py: SanaMS1.5_* use rms_norm_across_heads"),
+}
+
+
+def sana_tensors(c: Mapping[str, Any], dtype: str, prefix: str = "") -> dict[str, TensorInfo]:
+    from diffusers import SanaTransformer2DModel
+
+    return module_tensors(on_meta(lambda: SanaTransformer2DModel(**c)), dtype, prefix)
+
+
+SANA_WEIGHT = WeightFile("sana-1.5-1.6b", "store", "SANA1.5_1.6B_1024px_diffusers", None,
+                         "model (SANA-1.5 1.6B transformer + DC-AE f32c32)",
+                         "https://huggingface.co/Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers")
+SANA = Part(
+    name="sana-1.5-1.6b", title="SANA-1.5 1.6B 1024 px transformer (diffusers SanaTransformer2DModel)",
+    weight=SANA_WEIGHT, layout="safetensors_folder", subfolder="transformer",
+    code={**SANA_CONVERT, "class": "diffusers.SanaTransformer2DModel"}, config=SANA_CONFIG,
+    dtype="unknown", build=lambda c: sana_tensors(c, "unknown"),
+    notes=("no position-embedding tensor: interpolation_scale is None at 1024 px",),
+)
+
+DCAE_SRC = "convert_dcae_to_diffusers.py get_ae_config('dc-ae-f32c32-sana-1.0') / convert_ae"
+DCAE_CONFIG = {
+    "latent_channels": value(32, DCAE_SRC),
+    "attention_head_dim": value(32, "diffusers AutoencoderDC default (convert_ae does not override it)"),
+    "encoder_block_types": value(["ResBlock"] * 3 + ["EfficientViTBlock"] * 3, "convert_dcae_to_diffusers.py convert_ae"),
+    "decoder_block_types": value(["ResBlock"] * 3 + ["EfficientViTBlock"] * 3, "convert_dcae_to_diffusers.py convert_ae"),
+    "encoder_block_out_channels": value([128, 256, 512, 512, 1024, 1024], DCAE_SRC),
+    "decoder_block_out_channels": value([128, 256, 512, 512, 1024, 1024], DCAE_SRC),
+    "encoder_layers_per_block": value([2, 2, 2, 3, 3, 3], DCAE_SRC),
+    "decoder_layers_per_block": value([3, 3, 3, 3, 3, 3], DCAE_SRC),
+    "encoder_qkv_multiscales": value([[], [], [], [5], [5], [5]], DCAE_SRC),
+    "decoder_qkv_multiscales": value([[], [], [], [5], [5], [5]], DCAE_SRC),
+    "upsample_block_type": value("interpolate", DCAE_SRC),
+    "downsample_block_type": value("Conv", DCAE_SRC + " ('conv'; diffusers compares case-sensitively to 'Conv' "
+                                   "only for pixel_unshuffle, so both build a strided conv)"),
+    "decoder_norm_types": value("rms_norm", "convert_dcae_to_diffusers.py convert_ae"),
+    "decoder_act_fns": value("silu", "convert_dcae_to_diffusers.py convert_ae"),
+    "scaling_factor": value(0.41407, DCAE_SRC + "; the SANA pipeline ships dc-ae-f32c32-sana-1.1-diffusers "
+                            "(convert_sana_to_diffusers.py), whose config.json is read at load time"),
+}
+
+
+def dcae_tensors(c: Mapping[str, Any], dtype: str, prefix: str = "") -> dict[str, TensorInfo]:
+    from diffusers import AutoencoderDC
+
+    kw = {k: v for k, v in c.items() if k != "scaling_factor"}
+    kw = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in kw.items()}
+    return module_tensors(on_meta(lambda: AutoencoderDC(**kw)), dtype, prefix)
+
+
+DCAE = Part(
+    name="dc-ae-f32c32", title="DC-AE f32c32 (SANA's autoencoder, diffusers AutoencoderDC)",
+    weight=SANA_WEIGHT, layout="safetensors_folder", subfolder="vae",
+    code={**DCAE_CONVERT, "class": "diffusers.AutoencoderDC"}, config=DCAE_CONFIG,
+    dtype="unknown", build=lambda c: dcae_tensors(c, "unknown"),
+    notes=("z = E(x) * scaling_factor: the factor is read from vae/config.json, never copied",),
+)
+
+# ------------------------------------------------------------------ TA-Tok (ta_tok.pth)
+SIGLIP_SO400M_SRC = ("google/siglip-so400m-patch14-384 config.json as mirrored at huggingface.co/"
+                     "HuggingFaceM4/siglip-so400m-14-384-flash-attn2 and bczhou/TinyLLaVA-3.1B-SigLIP; TA-Tok builds "
+                     "its encoder from AutoConfig('google/siglip2-so400m-patch14-384') (tok/ta_tok.py)")
+SIGLIP_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+                 "image_size": 384, "patch_size": 14}
+TA_TOK_CONFIG = {
+    **{f"encoder.{k}": value(v, SIGLIP_SO400M_SRC) for k, v in SIGLIP_VISION.items()},
+    "decoder_depth": value(3, "tok/ta_tok.py TextAlignedTokenizer default decoder_depth=3 (csuhan/Tar)"),
+    "decoder.intermediate_size": value(3072, "transformers Siglip2VisionConfig default; tok/ta_tok.py updates only "
+                                       "patch_size, num_hidden_layers, num_channels, hidden_size"),
+    "decoder.num_attention_heads": value(12, "transformers Siglip2VisionConfig default (see decoder.intermediate_size)"),
+    "decoder.num_patches": value(256, "transformers Siglip2VisionConfig default (see decoder.intermediate_size)"),
+    "bottleneck_dim": value(1536, "inferred: Tar's scripts/Tar_1.5B_pretrain_demo.sh passes "
+                            "--load_embeddings_from_vision True with Qwen2.5-1.5B (H = 1536), and llava_arch.py copies "
+                            "the codebook only when the widths match; " + UNVERIFIED),
+    "codebook_size": value(65536, "csuhan/Tar README.md model table (Codebook Size 65536)"),
+    "l2_normalized": value(True, "inferred: BLIP3o-NEXT's ta_tok_encoder.py calls set_eval_deterministic, which acts "
+                           "only when stochastic=True, and SimVectorQuantizer asserts l2_normalized for stochastic; "
+                           + UNVERIFIED),
+    "select_layer_id": value(-2, "tok/ta_tok.py default; BLIP3o-NEXT --mm_vision_select_layer -2"),
+    "input_size": value(384, "tok/ta_tok.py default input_size=384"),
+}
+
+
+def ta_tok_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    """TA-Tok's ``sd`` as its public module defines it (tok/ta_tok.py, tok/ar_dtok/bottleneck.py)."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    h, bd, k = c["encoder.hidden_size"], c["bottleneck_dim"], c["codebook_size"]
+    enc_cfg = SiglipVisionConfig(**{key: c[f"encoder.{key}"] for key in SIGLIP_VISION}, vision_use_head=True)
+    # transformers 5 SiglipVisionModel has the names of 4.x SiglipVisionTransformer (= AutoModel(...).vision_model)
+    out = module_tensors(on_meta(lambda: SiglipVisionModel(enc_cfg)), dtype, "encoder.")
+    dec_cfg = Siglip2VisionConfig(patch_size=1, num_hidden_layers=c["decoder_depth"], num_channels=bd, hidden_size=h,
+                                  intermediate_size=c["decoder.intermediate_size"],
+                                  num_attention_heads=c["decoder.num_attention_heads"], num_patches=c["decoder.num_patches"])
+    # the file was written under transformers 4.x, whose Siglip2VisionModel wraps the tower in .vision_model
+    out.update(module_tensors(on_meta(lambda: Siglip2VisionModel(dec_cfg)), dtype, "decoder.vision_model."))
+    linears = {"encode_task_layer.0": (h, h), "decode_task_layer.0": (h, h), "decode_task_layer.2": (h, h),
+               "bottleneck.in_linear": (bd, h), "bottleneck.out_linear": (h, bd),
+               "bottleneck.regularizer.embedding_proj": (bd, bd)}
+    for name, (o, i) in linears.items():
+        out[f"{name}.weight"], out[f"{name}.bias"] = ((o, i), dtype), ((o,), dtype)
+    out["bottleneck.regularizer.embedding.weight"] = ((k, bd), dtype)
+    out["scale_layer.shift"] = out["scale_layer.scale"] = ((1, 3, 1, 1), "F32")
+    return out
+
+
+TA_TOK = Part(
+    name="ta-tok", title="TA-Tok text-aligned tokenizer (ta_tok.pth: SigLIP2 encoder + SimVQ 65,536 codes)",
+    weight=WeightFile("ta-tok", "store", "TA-Tok/ta_tok.pth", None,
+                      "model (TA-Tok: fine-tuned SigLIP2 encoder, task layer, SimVQ codebook)",
+                      "https://huggingface.co/csuhan/TA-Tok (file ta_tok.pth)"),
+    layout="ta_tok_pth", subfolder="",
+    code={**TAR, "path": "tok/ta_tok.py, tok/ar_dtok/bottleneck.py", "class": "TextAlignedTokenizer, SimVectorQuantizer"},
+    config=TA_TOK_CONFIG, dtype="unknown", build=lambda c: ta_tok_tensors(c, "unknown"),
+    notes=("file layout {'model': {'args': ..., 'sd': state_dict}} (from_checkpoint)",
+           "encoder.* is TA-Tok's own SigLIP2 tower (loaded strict by from_checkpoint; teacher.* keys are dropped "
+           "with load_teacher=False), not stock google/siglip2-so400m-patch14-384",
+           "codebook = embedding_proj(embedding.weight) (SimVectorQuantizer.get_emb), L2-normalised when l2_normalized",
+           "scale_layer.* buffers: (x - 0.5) / 0.5; BLIP3o-NEXT replaces them by identity and normalises in its "
+           "SiglipImageProcessor (mean 0.5, std 0.5) instead",
+           "a learnable bottleneck.regularizer.stochastic_temperature_inv exists only with stochastic_temperature < 0"),
+)
+
+# ------------------------------------------------------------------ BLIP3o-NEXT-SFT-3B
+NEXT_SRC = ("assumed Qwen3-1.7B shapes: BLIP3o-NEXT's Qwen3 has H = 2048 (zjYao36/Pref_Restore blip3o_arch.py "
+            "comment 'config.hidden_size ... 2048'); " + UNVERIFIED)
+NEXT_VOCAB_SRC = ("151669 Qwen3 tokens + <im_start>, <im_end> + <S0..S2> + <I0..I65535>: blip3o_arch.py "
+                  "initialize_vision_tokenizer resizes to len(tokenizer) + new tokens; " + UNVERIFIED)
+BLIP3O_NEXT_CONFIG = {
+    **_qwen3_config(NEXT_SRC, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                    num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=1000000.0,
+                    max_position_embeddings=40960),
+    "vocab_size": value(217210, NEXT_VOCAB_SRC),
+    "connector_width": value(2304, "blip3o_arch.py: nn.Linear(config.hidden_size, 2304) ... RMSNorm(2304)"),
+    **{f"sana.{k}": v for k, v in SANA_CONFIG.items()},
+    **{f"sana_vae.{k}": v for k, v in DCAE_CONFIG.items()},
+}
+
+
+def blip3o_next_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    """blip3oQwenForCausalLM's state dict (blip3o_arch.py blip3oMetaModel + Qwen3ForCausalLM)."""
+    out = qwen3_tensors(c, dtype)
+    w = c["connector_width"]
+    out.update({"model.diffusion_connector.0.weight": ((w, c["hidden_size"]), dtype),
+                "model.diffusion_connector.0.bias": ((w,), dtype),
+                "model.diffusion_connector.2.weight": ((w, w), dtype), "model.diffusion_connector.2.bias": ((w,), dtype),
+                "model.diffusion_connector.3.weight": ((w,), dtype)})
+    out.update(sana_tensors({k[5:]: v for k, v in c.items() if k.startswith("sana.")}, dtype, "model.sana."))
+    out.update(dcae_tensors({k[9:]: v for k, v in c.items() if k.startswith("sana_vae.")}, dtype, "model.sana_vae."))
+    return out
+
+
+BLIP3O_NEXT = Part(
+    name="blip3o-next-sft-3b", title="BLIP3o-NEXT-SFT-3B (Qwen3 H = 2048 + trained diffusion connector + SANA)",
+    weight=WeightFile("blip3o-next-ar", "store", "BLIP3o-NEXT-SFT-3B", None,
+                      "model (released: Qwen3 AR + diffusion connector + SANA caption layers + tokenizer)",
+                      "https://huggingface.co/BLIP3o/BLIP3o-NEXT-SFT-3B"),
+    layout="safetensors_folder", subfolder="",
+    code={**BLIP3O, "path": "blip3o/model/blip3o_arch.py, blip3o/model/language_model/blip3o_qwen.py",
+          "class": "blip3oQwenForCausalLM"},
+    config=BLIP3O_NEXT_CONFIG, dtype="BF16", build=lambda c: blip3o_next_tensors(c, "BF16"),
+    notes=("model.sana.* is SANA with the caption_projection / caption_norm BLIP3o-NEXT trained "
+           "(blip3o/train/train.py unfreezes parameters named 'caption')",
+           "model.diffusion_connector.3.weight is the RMSNorm, initialised to sqrt(5.5) before training",
+           "model.sana_vae.* is a frozen copy of SANA's DC-AE",
+           "model.vision_tower.* (a TA-Tok copy) may be present if the tower was loaded when the checkpoint was "
+           "saved; the released code loads TA-Tok from ta_tok.pth (--vision_tower)",
+           "dtype BF16: the training scripts run with --bf16 True; " + UNVERIFIED),
+)
+
+# ------------------------------------------------------------------ SigLIP2 (reference only)
+SIGLIP2 = Part(
+    name="siglip2-so400m-384", title="SigLIP2 so400m patch14 384 (stock; TA-Tok's encoder is fine-tuned from it)",
+    weight=WeightFile("siglip2-so400m-384", "store", "siglip2-so400m-patch14-384", None,
+                      "reference only (TA-Tok carries its own encoder.*)",
+                      "https://huggingface.co/google/siglip2-so400m-patch14-384"),
+    layout="safetensors_folder", subfolder="",
+    code={"repo": "huggingface/transformers", "path": "src/transformers/models/siglip/modeling_siglip.py",
+          "class": "SiglipModel"},
+    config={**{f"vision.{k}": value(v, SIGLIP_SO400M_SRC) for k, v in SIGLIP_VISION.items()},
+            **{f"text.{k}": value(v, SIGLIP_SO400M_SRC) for k, v in
+               {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}.items()},
+            "text.vocab_size": value(256000, "SigLIP2's Gemma tokenizer: google/siglip2-base-patch16-512 config.json "
+                                     "(mirror in JackIsNotInTheBox/Generate_Audio_for_Video_Checkpoints)"),
+            "text.max_position_embeddings": value(64, "transformers SiglipTextConfig default; " + UNVERIFIED)},
+    dtype="F32", build=lambda c: siglip_tensors(c, "F32"),
+    notes=("not loaded by any profile: TA-Tok's encoder.* replaces it (from_checkpoint loads it strict)",),
+)
+
+
+def siglip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    from transformers import SiglipConfig, SiglipModel
+
+    vis = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("vision.")}
+    txt = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("text.")}
+    return module_tensors(on_meta(lambda: SiglipModel(SiglipConfig(text_config=txt, vision_config=vis))), dtype)
+
+
+# ------------------------------------------------------------------ captioner and reward / metric backbones
+def _hf_weight(name: str, repo: str, used_by: str) -> WeightFile:
+    return WeightFile(name, "hf", f"hub/models--{repo.replace('/', '--')}", None, used_by, f"hf:{repo}")
+
+
+def qwen25vl_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    """Qwen2_5_VLForConditionalGeneration, named as the published checkpoint: ``visual.*``, ``model.*``, ``lm_head``."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vis = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("vision.")}
+    txt = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("text.")}
+    cfg = Qwen2_5_VLConfig(text_config=txt, vision_config=vis, tie_word_embeddings=txt["tie_word_embeddings"])
+    raw = module_tensors(on_meta(lambda: Qwen2_5_VLForConditionalGeneration(cfg)), dtype)
+    return {_qwen25vl_checkpoint_name(k): v for k, v in raw.items()}
+
+
+def _qwen25vl_checkpoint_name(key: str) -> str:
+    """transformers 5 nests ``model.language_model.`` / ``model.visual.``; the hub files use ``model.`` / ``visual.``."""
+    if key.startswith("model.visual."):
+        return key.removeprefix("model.")
+    return key.replace("model.language_model.", "model.", 1)
+
+
+QWEN25VL_32B = Part(
+    name="qwen2.5-vl-32b-instruct", title="Qwen2.5-VL-32B-Instruct (the captioner, Appendix D)",
+    weight=_hf_weight("qwen2.5-vl-32b", "Qwen/Qwen2.5-VL-32B-Instruct", "caption (qwen2_5_vl backend)"),
+    layout="safetensors_folder", subfolder="",
+    code={"repo": "huggingface/transformers", "path": "src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py",
+          "class": "Qwen2_5_VLForConditionalGeneration"},
+    config={"text.vocab_size": value(152064, UNVERIFIED), "text.hidden_size": value(5120, UNVERIFIED),
+            "text.intermediate_size": value(27648, UNVERIFIED),
+            "text.num_hidden_layers": value(64, "Qwen2.5-32B model card: 64 layers (ZHUI/paddlenlp_model_readme)"),
+            "text.num_attention_heads": value(40, "Qwen2.5-32B model card: 40 query heads (GQA)"),
+            "text.num_key_value_heads": value(8, "Qwen2.5-32B model card: 8 KV heads (GQA)"),
+            "text.tie_word_embeddings": value(False, UNVERIFIED),
+            "vision.depth": value(32, "Qwen2.5-VL vision config (acproject/duorou docs/qwen2.5vl_graph.md: 32 blocks)"),
+            "vision.hidden_size": value(1280, "Qwen2.5-VL vision config (duorou graph: width 1280)"),
+            "vision.intermediate_size": value(3456, UNVERIFIED + " (the 7B model's tower uses 3420)"),
+            "vision.num_heads": value(16, "Qwen2.5-VL vision config (sgl-jax QwenVLModelVitConfig num_heads 16)"),
+            "vision.out_hidden_size": value(5120, "equals text.hidden_size (the merger projects into the LM)"),
+            "vision.fullatt_block_indexes": value([7, 15, 23, 31], "sgl-jax QwenVLModelVitConfig")},
+    dtype="BF16", build=lambda c: qwen25vl_tensors(c, "BF16"),
+    notes=("checkpoint names: visual.* and model.* (transformers 5 renames them to model.visual.* / "
+           "model.language_model.* at load)",),
+)
+
+
+def clip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    from transformers import CLIPConfig, CLIPModel
+
+    vis = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("vision.")}
+    txt = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("text.")}
+    cfg = CLIPConfig(text_config=txt, vision_config=vis, projection_dim=c["projection_dim"])
+    return module_tensors(on_meta(lambda: CLIPModel(cfg)), dtype)
+
+
+def _clip_config(src: str, proj: int, text: tuple[int, int, int, int], vision: tuple[int, int, int, int]) -> dict:
+    tk = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    out = {"projection_dim": value(proj, src)}
+    out.update({f"text.{k}": value(v, src) for k, v in zip(tk, text, strict=True)})
+    out.update({f"vision.{k}": value(v, src) for k, v in zip(tk, vision, strict=True)})
+    out.update({"text.vocab_size": value(49408, src), "text.max_position_embeddings": value(77, src),
+                "vision.image_size": value(224, src), "vision.patch_size": value(14, src)})
+    return out
+
+
+CLIP_L14 = Part(
+    name="clip-vit-large-patch14", title="CLIP ViT-L/14 (openai; CLIP reward and ClipScore)",
+    weight=_hf_weight("clip-vit-large-patch14", "openai/clip-vit-large-patch14", "clip_score, clipscore_i/t, reward clip"),
+    layout="safetensors_folder", subfolder="",
+    code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
+    config=_clip_config("ViT-L/14 of the CLIP paper (Radford et al. 2021, Table 20); " + UNVERIFIED,
+                        768, (768, 3072, 12, 12), (1024, 4096, 24, 16)),
+    dtype="F32", build=lambda c: clip_tensors(c, "F32"),
+)
+PICKSCORE = Part(
+    name="pickscore-v1", title="PickScore_v1 (CLIP ViT-H/14 fine-tuned on Pick-a-Pic; reward and Table VIII)",
+    weight=_hf_weight("pickscore-v1", "yuvalkirstain/PickScore_v1", "pickscore, reward pickscore"),
+    layout="safetensors_folder", subfolder="",
+    code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
+    config=_clip_config("ViT-H/14 of open_clip (model_configs/ViT-H-14.json: width 1280, 32 layers, text width 1024, "
+                        "24 layers, embed_dim 1024) in HF CLIP form; MLP widths 4x; " + UNVERIFIED,
+                        1024, (1024, 4096, 24, 16), (1280, 5120, 32, 16)),
+    dtype="F32", build=lambda c: clip_tensors(c, "F32"),
+)
+
+
+def open_clip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
+    import open_clip
+
+    return module_tensors(on_meta(lambda: open_clip.create_model(c["model_name"], pretrained=None, device="meta")), dtype)
+
+
+HPSV21 = Part(
+    name="hpsv2.1", title="HPSv2.1 (open_clip ViT-H-14 fine-tuned; reward and Table VIII)",
+    weight=WeightFile("hpsv2.1", "store", "hpsv2/HPS_v2.1_compressed.pt", None, "hpsv2, reward hpsv21",
+                      "hf:xswu/HPSv2 (file HPS_v2.1_compressed.pt)"),
+    layout="torch_state_dict", subfolder="",
+    code={"repo": "mlfoundations/open_clip", "path": "src/open_clip/model_configs/ViT-H-14.json",
+          "class": "open_clip.CLIP"},
+    config={"model_name": value("ViT-H-14", "HPSv2 loads open_clip 'ViT-H-14' (installed open_clip 3.3.0 config: "
+                                "embed_dim 1024, vision 32 x 1280, text 24 x 1024, context 77, vocab 49408)")},
+    dtype="unknown", build=lambda c: open_clip_tensors(c, "unknown"),
+    notes=("the file is a torch pickle: read with weights_only=True; a top-level 'state_dict' key is unwrapped",),
+)
+
+MODEL_PARTS: tuple[Part, ...] = (BLIP3O_NEXT, QWEN3_06B, TA_TOK, SANA, DCAE, SIGLIP2)
+AUX_PARTS: tuple[Part, ...] = (QWEN25VL_32B, CLIP_L14, PICKSCORE, HPSV21)
+PARTS: dict[str, Part] = {p.name: p for p in (*MODEL_PARTS, *AUX_PARTS)}
+
+
+# ------------------------------------------------------------------ manifest files
+def manifest_path(name: str, folder: Path = MANIFEST_DIR) -> Path:
+    return folder / f"{name}.json"
+
+
+def write_manifests(names: list[str] | None = None, folder: Path = MANIFEST_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names or list(PARTS):
+        path = manifest_path(name, folder)
+        path.write_text(dump_manifest(PARTS[name].manifest()), encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def dump_manifest(data: Mapping[str, Any]) -> str:
+    """JSON with one line per tensor (diff-friendly, a few hundred KB for a 32B model)."""
+    head = {k: v for k, v in data.items() if k != "tensors"}
+    text = json.dumps(head, indent=1)[:-2]
+    rows = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in data["tensors"].items())
+    return f"{text},\n \"tensors\": {{\n{rows}\n }}\n}}\n"
+
+
+def read_manifest(name: str, folder: Path = MANIFEST_DIR) -> dict[str, Any]:
+    path = manifest_path(name, folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run `prefrestore weights manifests`")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {MANIFEST_FORMAT}")
+    return data
+
+
+def manifest_tensors(data: Mapping[str, Any]) -> dict[str, TensorInfo]:
+    return {k: (tuple(s), d) for k, (s, d) in data["tensors"].items()}
+
+
+def stale_manifests(names: list[str] | None = None, folder: Path = MANIFEST_DIR) -> list[str]:
+    """Parts whose committed manifest differs from a fresh build (empty: all up to date)."""
+    stale = []
+    for name in names or list(PARTS):
+        path = manifest_path(name, folder)
+        if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != json.loads(
+                json.dumps(PARTS[name].manifest())):
+            stale.append(name)
+    return stale
