@@ -124,6 +124,12 @@ class ClusterConfig:
         unknown = set(self.training) - gpu
         if unknown:
             raise ValueError(f"training lists non-GPU or unknown steps {sorted(unknown)}")
+        if "stage2" in self.training and self.training["stage2"].deepspeed != "none":
+            raise ValueError(f"training.stage2.deepspeed: {self.training['stage2'].deepspeed} is not supported: "
+                             "stage 2 trains only the LoRA adapters (a few MB of AdamW state, nothing worth "
+                             "sharding) in its own torch.distributed loop that sums their gradients "
+                             "(train/distributed.py), not through accelerate's DeepSpeed engine; "
+                             "set deepspeed: none (plain data parallel)")
         for name, t in self.training.items():
             if t.launch != "inline" and self.gpu_steps[name].count != t.nproc_per_node:
                 raise ValueError(f"{name}: gpu_steps.count ({self.gpu_steps[name].count}) must equal "
