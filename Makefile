@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+# checkov pins packages the project cannot share (packaging, networkx): it gets its own venv
+TOOLS := $(VENV)/tools
 
 .PHONY: help setup demo test test-all lint format bench clean
 
@@ -14,10 +16,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 'setuptools<82' wheel
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[pipeline,dev]'
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation 'deepspeed==0.19.8'
+	$(PIP) install -q -e '.[pipeline,dev,dist]'
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q 'checkov==3.3.30'
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install the package with its pipeline and dev extras
+setup: $(STAMP)  ## create .venv (package + pipeline, dev and dist extras) and .venv/tools (checkov)
 
 demo: setup  ## run the whole pipeline on the tiny profile (embedded SQLite MLflow)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/prefrestore demo
@@ -28,9 +33,10 @@ test: setup  ## run the test suite (slow and GPU tests excluded)
 test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"
 
-lint: setup  ## ruff and the import contracts (pyproject.toml [tool.importlinter])
+lint: setup  ## ruff, the import contracts, and the manifests vs the Kubernetes/Kubeflow schemas, hadolint, checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m pipelines.validate
 
 format: setup  ## ruff format + fix
 	$(VENV)/bin/ruff check --fix .

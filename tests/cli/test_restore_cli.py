@@ -24,6 +24,8 @@ def write_inputs(root: Path) -> dict[str, np.ndarray]:
     grey = rng.integers(0, 256, (48, 48), dtype=np.uint8)
     Image.fromarray(grey, "L").save(root / "sub" / "b.jpg", quality=95)
     Image.fromarray(rng.integers(0, 256, (30, 120, 3), dtype=np.uint8)).save(root / "wide.png")
+    Image.new("RGB", (8, 8)).save(root / "tiny.png")  # below register.min_side
+    Image.new("RGB", (4100, 4100)).save(root / "huge.png")  # over register.max_pixels (4096 x 4096)
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     return {"a.png": images.load_rgb(root / "a.png"), "sub/b.png": images.load_rgb(root / "sub" / "b.jpg")}
 
@@ -35,7 +37,7 @@ def test_restore_folder_with_registered_champion(tmp_path, capsys):
     faces = write_inputs(tmp_path / "in")
     code = cli(["restore", str(tmp_path / "in"), "--variant", "fidelity", "--out", str(tmp_path / "out")])
 
-    assert code == 1  # two inputs failed; the others were still restored
+    assert code == 1  # four inputs failed; the others were still restored
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
     assert written == ["a.png", "sub/b.png"]
     for name, face in faces.items():
@@ -44,6 +46,7 @@ def test_restore_folder_with_registered_champion(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "wide.png: aspect" in err and "no face detector" in err
     assert "bad.png" in err
+    assert "tiny.png: too_small" in err and "huge.png: too_large" in err
 
 
 def test_restore_with_local_model_dir_seed_and_caption(tmp_path, monkeypatch):

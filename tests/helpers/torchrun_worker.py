@@ -5,12 +5,15 @@
 
 Writes, per rank ``r``:
 
-- ``REPORT/rank<r>.json``: every path under ``OUT`` this process created, renamed, removed or opened
-  for writing (a ``sys.addaudithook`` hook, so it sees the step's code without knowing it);
+- ``REPORT/rank<r>.json``: ``writes``, every path under ``OUT`` this process created, renamed, removed
+  or opened for writing (a ``sys.addaudithook`` hook, so it sees the step's code without knowing it),
+  and ``stats``: stage 1's ``optimizer_state_numel``, the elements of the AdamW moments this rank
+  holds when ``fit`` returns (read from the DeepSpeed engine's ZeRO optimizer under DeepSpeed);
 - ``REPORT/rank<r>.safetensors``: the weights this rank trained. Stage 1: the trainable parameters
   when ``fit`` returns. Stage 2: both LoRA adapters after every epoch (``e<epoch>.<current|old>.<name>``).
 
-The test runs the one-process reference in its own process with the same recorders (:func:`install`).
+The test runs the one-process reference in its own process with the same recorders (:func:`install`;
+``tests/helpers/torchrun.py`` starts both).
 ``--reseed`` seeds the global RNG from each stage-1 micro-batch's sample ids before its loss, so
 that runs that cut one global batch differently (1 process x 2 micro-batches, 2 processes x 1)
 draw the same sigmas, noise and condition dropout for the same images.
@@ -60,31 +63,43 @@ def main() -> int:
     from prefrestore.cli.main import main as cli
 
     weights: dict[str, torch.Tensor] = {}
-    install(weights, "--reseed" in flags)
+    stats: dict[str, int] = {}
+    install(weights, "--reseed" in flags, setattr, stats)
     sys.addaudithook(audit)
     code = cli(step_argv)
     report.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(report / f"rank{rank}.safetensors"))
-    (report / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "writes": writes}), encoding="utf-8")
+    (report / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "writes": writes, "stats": stats}),
+                                             encoding="utf-8")
     return code
 
 
-def install(weights: dict[str, torch.Tensor], reseed: bool, patch=setattr) -> None:
-    """Wrap stage 1's ``fit`` and stage 2's ``nft_epoch`` so that they copy the trained weights into ``weights``.
+def install(weights: dict[str, torch.Tensor], reseed: bool, patch=setattr, stats: dict | None = None) -> None:
+    """Wrap stage 1's ``fit`` and stage 2's ``nft_epoch`` so that they copy the trained weights into ``weights``
+    (and stage 1's optimizer-state size into ``stats``).
 
     ``patch(obj, name, value)``: ``setattr``, or pytest's ``monkeypatch.setattr`` (undone after the test).
     """
     from prefrestore.model import lora
+    from prefrestore.train import common as train_common
     from prefrestore.train import stage1 as train_stage1
     from prefrestore.train import stage2 as train_stage2
     from prefrestore.train.common import trainable_state
 
     fit, nft_epoch, sana_policies = train_stage1.fit, train_stage2.nft_epoch, train_stage2.sana_policies
+    make_accelerator = train_common.make_accelerator
     models = []  # the stage-2 model, seen when its policies are built
+    made: list = []
+
+    def recording_accelerator(*args, **kwargs):
+        made.append(make_accelerator(*args, **kwargs))
+        return made[-1]
 
     def recording_fit(task, *args, **kwargs):
         result = fit(task, *args, **kwargs)
         weights.update({k: v.detach().cpu().clone() for k, v in trainable_state(task.model).items()})
+        if stats is not None:
+            stats["optimizer_state_numel"] = optimizer_state_numel(made[-1])
         return result
 
     def recording_policies(model, *args, **kwargs):
@@ -100,11 +115,25 @@ def install(weights: dict[str, torch.Tensor], reseed: bool, patch=setattr) -> No
         return result
 
     patch(train_stage1, "fit", recording_fit)
+    patch(train_common, "make_accelerator", recording_accelerator)
     patch(train_stage2, "nft_epoch", recording_epoch)
     patch(train_stage2, "sana_policies", recording_policies)
     if reseed:
         for cls in (train_stage1.SemanticAlignLoss, train_stage1.TextureAlignLoss):
             patch(cls, "forward", _reseeded(cls.forward))
+
+
+def optimizer_state_numel(accelerator) -> int:
+    """Elements of the AdamW moments (``exp_avg``, ``exp_avg_sq``) this process holds.
+
+    The prepared optimizer wraps the one that steps: accelerate's wrapper -> (DeepSpeed's ZeRO
+    optimizer, whose state covers this rank's flat partition only ->) ``torch.optim.AdamW``.
+    """
+    (opt,) = accelerator._optimizers
+    while hasattr(opt, "optimizer"):
+        opt = opt.optimizer
+    return sum(int(v.numel()) for state in opt.state.values() for k, v in state.items()
+               if k in ("exp_avg", "exp_avg_sq"))
 
 
 def _reseeded(forward):

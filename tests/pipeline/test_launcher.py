@@ -108,9 +108,12 @@ def test_trainjob_manifest(cluster: L.ClusterConfig) -> None:
     gpu = cluster.gpu_steps["stage1_1"]
     assert trainer["resourcesPerNode"]["limits"][gpu.accelerator] == str(training.nproc_per_node)
     assert m["spec"]["runtimeRef"]["name"] == cluster.trainer_runtime
-    (override,) = m["spec"]["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    pod = override["spec"]
+    assert m["spec"]["activeDeadlineSeconds"] == gpu.timeout_s
+    (patch,) = m["spec"]["runtimePatches"]
+    assert patch["manager"] == L.RUNTIME_PATCH_MANAGER
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
+    pod = job["template"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {cluster.pool_label: cluster.gpu_pool, cluster.gpu_product_label: gpu.product}
     assert pod["tolerations"][0]["key"] == cluster.gpu_taint.key
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}

@@ -107,7 +107,8 @@ def test_register_promote_load_by_alias_restore_round_trip(store, tmp_path, monk
 
 
 def test_predict_batches_by_seed_and_caption_and_rejects_bad_input(tmp_path):
-    wrapper = pyfunc_model.PrefRestorePyfunc("quality", default_seed=7, max_aspect=2.0, batch_size=2)
+    wrapper = pyfunc_model.PrefRestorePyfunc("quality", default_seed=7, max_aspect=2.0, max_pixels=1 << 24,
+                                             min_side=16, batch_size=2)
     wrapper.restorer = load_standin(make_model_dir(tmp_path / "m", 0))
     png = base64.b64encode(images.encode_png(np.full((32, 32, 3), 128, np.uint8))).decode()
     frame = pd.DataFrame({"image": [png] * 4, "caption": ["a photography of a man", None, None, None],
@@ -117,13 +118,17 @@ def test_predict_batches_by_seed_and_caption_and_rejects_bad_input(tmp_path):
     calls = sorted(wrapper.restorer.calls, key=lambda c: (c[2], c[0]))
     assert calls == [(1, ("a photography of a man",), 1, None), (1, None, 3, None), (2, None, 7, None)]
 
-    with pytest.raises(ValueError, match="row 0: column 'image' is not valid base64"):
-        wrapper.predict(None, pd.DataFrame({"image": ["not base64!"]}))
-    with pytest.raises(ValueError, match="row 0: bad image"):
-        wrapper.predict(None, pd.DataFrame({"image": [base64.b64encode(b"not an image").decode()]}))
-    wide = base64.b64encode(images.encode_png(np.zeros((32, 100, 3), np.uint8))).decode()
-    with pytest.raises(ValueError, match="no face detector"):
-        wrapper.predict(None, pd.DataFrame({"image": [wide]}))
+    def refused(image: str, match: str) -> None:  # an MlflowException with INVALID_PARAMETER_VALUE: HTTP 400
+        with pytest.raises(pyfunc_model.InvalidInput, match=match) as exc:
+            wrapper.predict(None, pd.DataFrame({"image": [image]}))
+        assert exc.value.get_http_status_code() == 400
+
+    refused("not base64!", "row 0: column 'image' is not valid base64")
+    refused(base64.b64encode(b"not an image").decode(), "row 0: bad image")
+    refused(base64.b64encode(images.encode_png(np.zeros((32, 100, 3), np.uint8))).decode(), "no face detector")
+    refused(base64.b64encode(images.encode_png(np.zeros((8, 8, 3), np.uint8))).decode(), "too_small.*min_side=16")
+    wrapper.max_pixels = 32 * 32 - 1
+    refused(png, "too_large.*max_pixels=1023")
 
 
 def test_rerun_registers_nothing_new(store, tmp_path):

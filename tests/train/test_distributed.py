@@ -12,19 +12,14 @@ Both runs use one global batch per step, so they must take the same optimizer st
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers.torchrun import history, mlflow_runs, rank_report, run_pair
 
 from prefrestore.model.model import PrefRestoreModel
-
-WORKER = Path(__file__).resolve().parents[1] / "helpers" / "torchrun_worker.py"
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -36,64 +31,6 @@ def inputs(tiny_train_inputs: dict[str, Path]) -> dict[str, Path]:
     return tiny_train_inputs
 
 
-def _argv(step: str, root: Path, inputs: dict[str, Path], sets: dict[str, object]) -> list[str]:
-    argv = [step, "--profile", "tiny", "--out", str(root / "out"), "--summary", str(root / "summary.json")]
-    argv += [a for name, path in inputs.items() for a in ("--in", f"{name}={path}")]
-    return argv + [a for key, value in sets.items() for a in ("--set", f"{key}={json.dumps(value)}")]
-
-
-def _run_pair(tmp_path: Path, step: str, inputs: dict[str, Path], sets: dict[str, object],
-              monkeypatch: pytest.MonkeyPatch, reseed: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """The step on 2 ranks (``torchrun``, in the background) and alone (here, meanwhile: the box has 2 cores).
-
-    Returns the one-process summary and trained weights, and the two-process summary.
-    """
-    from helpers import torchrun_worker
-
-    from prefrestore.cli.main import main as cli
-
-    two = tmp_path / "np2"
-    two.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{two / 'mlflow.db'}"}
-    env.pop("PREFRESTORE_PARENT_RUN_ID", None)
-    with open(two / "log.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                 str(WORKER), str(two / "report"), *(["--reseed"] if reseed else []), "--",
-                                 *_argv(step, two, inputs, sets)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        weights: dict[str, torch.Tensor] = {}
-        torchrun_worker.install(weights, reseed, monkeypatch.setattr)
-        assert cli(_argv(step, tmp_path / "np1", inputs, sets)) == 0
-        code = proc.wait(timeout=600)
-    finally:
-        proc.kill()
-    assert code == 0, f"torchrun exited with {code}:\n{(two / 'log.txt').read_text(errors='replace')[-4000:]}"
-    one = json.loads((tmp_path / "np1" / "summary.json").read_text())
-    return one, weights, json.loads((two / "summary.json").read_text())
-
-
-def _rank_report(root: Path, rank: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-    report = root / "report"
-    return (load_file(str(report / f"rank{rank}.safetensors")),
-            json.loads((report / f"rank{rank}.json").read_text())["writes"])
-
-
-def _mlflow_runs(uri: str, step: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, filter_string=f"tags.step = '{step}'")
-
-
-def _history(uri: str, step: str, metric: str) -> list[float]:
-    """``metric`` of the one MLflow run of ``step`` in the store ``uri``, by step."""
-    from mlflow.tracking import MlflowClient
-
-    (run,) = _mlflow_runs(uri, step)
-    return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run.info.run_id, metric), key=lambda m: m.step)]
-
-
 def test_stage1_ddp_equals_one_process_and_only_rank0_writes(inputs: dict[str, Path], tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage 1.2 for 3 steps of a global batch of 4: 2 ranks hold identical weights, equal to 1 process's."""
@@ -102,9 +39,9 @@ def test_stage1_ddp_equals_one_process_and_only_rank0_writes(inputs: dict[str, P
             "restore.steps": 2}
     # --reseed: each micro-batch draws its sigmas/noise from its own sample ids, so the two ways of
     # cutting the global batch see the same randomness and must take the same steps
-    one, w1, two = _run_pair(tmp_path, "stage1_2", inputs, sets, monkeypatch, reseed=True)
-    w2_0, writes0 = _rank_report(tmp_path / "np2", 0)
-    w2_1, writes1 = _rank_report(tmp_path / "np2", 1)
+    one, w1, _, two = run_pair(tmp_path, "stage1_2", inputs, sets, monkeypatch, reseed=True)
+    (w2_0, report0), (w2_1, report1) = rank_report(tmp_path / "np2", 0), rank_report(tmp_path / "np2", 1)
+    writes0, writes1 = report0["writes"], report1["writes"]
     assert w1.keys() == w2_0.keys() == w2_1.keys() and w1
     for k in w2_0:  # DDP: every rank applies the same all-reduced step
         assert torch.equal(w2_0[k], w2_1[k]), k
@@ -124,7 +61,7 @@ def test_stage1_ddp_equals_one_process_and_only_rank0_writes(inputs: dict[str, P
     for ck in ("step-00000002", "step-00000003"):
         assert {p.name for p in (out / "checkpoints" / ck).glob("rng-rank*.json")} == {"rng-rank0.json",
                                                                                        "rng-rank1.json"}
-    runs = _mlflow_runs(f"sqlite:///{tmp_path / 'np2' / 'mlflow.db'}", "stage1_2")
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'np2' / 'mlflow.db'}", "stage1_2")
     assert len(runs) == 1 and runs[0].data.metrics["train/loss"] == pytest.approx(two["train/loss"])
 
 
@@ -135,9 +72,9 @@ def test_stage2_ranks_split_groups_and_equal_one_process(inputs: dict[str, Path]
             "stage2.timesteps_per_sample": 2, "stage2.sampler_steps": 2, "stage2.heldout_size": 2,
             "stage2.eval_seeds": 1, "stage2.determinism_seeds": 2, "stage2.eval_every": 1,
             "stage2.checkpoint_every": 1, "stage2.grid_samples": 2, "stage2.epochs": 2}
-    one, w1, two = _run_pair(tmp_path, "stage2", inputs, sets, monkeypatch)
-    w2_0, writes0 = _rank_report(tmp_path / "np2", 0)
-    w2_1, writes1 = _rank_report(tmp_path / "np2", 1)
+    one, w1, _, two = run_pair(tmp_path, "stage2", inputs, sets, monkeypatch)
+    (w2_0, report0), (w2_1, report1) = rank_report(tmp_path / "np2", 0), rank_report(tmp_path / "np2", 1)
+    writes0, writes1 = report0["writes"], report1["writes"]
     assert w1.keys() == w2_0.keys() == w2_1.keys()
     assert {k.split(".")[0] for k in w1} == {"e0", "e1"} and {k.split(".")[1] for k in w1} == {"default", "old"}
     for k in w2_0:  # summed LoRA gradients and the old-policy EMA: identical on every rank
@@ -153,6 +90,6 @@ def test_stage2_ranks_split_groups_and_equal_one_process(inputs: dict[str, Path]
     assert any("/checkpoints/" in w for w in writes0) and (out / "lora" / "adapter_model.safetensors").is_file()
     # one MLflow run (rank 0's); the loss and the pre-clip gradient norm of every step are one process's
     uri_one, uri_two = os.environ["MLFLOW_TRACKING_URI"], f"sqlite:///{tmp_path / 'np2' / 'mlflow.db'}"
-    assert len(_mlflow_runs(uri_two, "stage2")) == 1
+    assert len(mlflow_runs(uri_two, "stage2")) == 1
     for metric in ("train/loss", "train/grad_norm", "reward/total_mean"):
-        assert _history(uri_two, "stage2", metric) == pytest.approx(_history(uri_one, "stage2", metric), rel=1e-4)
+        assert history(uri_two, "stage2", metric) == pytest.approx(history(uri_one, "stage2", metric), rel=1e-4)

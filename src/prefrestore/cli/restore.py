@@ -12,7 +12,8 @@ written as ``<out>/<relative path>.png`` (atomically).
 
 No face detector is shipped: inputs must already be face crops. A whole photo whose long/short
 side ratio exceeds ``register.max_aspect`` is refused with a clear error; a milder non-square
-crop is centre-cropped. Bad files are reported and skipped; the others are still restored, and
+crop is centre-cropped. An image whose header claims more than ``register.max_pixels`` pixels, or a
+shorter side below ``register.min_side``, is refused before decoding (the served model's limits). Bad files are reported and skipped; the others are still restored, and
 the exit status is 1 when any input failed.
 """
 
@@ -89,6 +90,8 @@ def restore_files(
     seed: int,
     steps: int | None,
     max_aspect: float,
+    max_pixels: int,
+    min_side: int,
     batch_size: int,
 ) -> list[str]:
     """Restore ``items`` into ``out``; returns one message per input that failed (others are written)."""
@@ -103,7 +106,7 @@ def restore_files(
             good: list[tuple[Path, Any]] = []
             for src, name in items[start : start + batch_size]:
                 try:
-                    face = images.load_rgb(src)
+                    face = images.load_rgb(src, max_pixels=max_pixels, min_side=min_side)
                     images.fit_square(face, 8, max_aspect)  # geometry check before the batch runs
                     good.append((name, face))
                 except images.BadImage as exc:
@@ -136,7 +139,7 @@ def run_cli(args: argparse.Namespace) -> int:
     restorer = load_model(model)
     seed = cfg.default_seed if args.seed is None else args.seed
     failures = restore_files(restorer, items, args.out, args.caption, seed, args.steps, cfg.max_aspect,
-                             cfg.batch_size)
+                             cfg.max_pixels, cfg.min_side, cfg.batch_size)
     print(f"restored {len(items) - len(failures)} of {len(items)} images into {args.out} with {model} (seed {seed})")
     for message in failures:
         print(f"failed: {message}", file=sys.stderr)

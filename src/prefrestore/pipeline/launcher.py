@@ -33,6 +33,7 @@ from prefrestore.pipeline import steps
 JobKind = Literal["trainjob", "pytorchjob"]
 DEEPSPEED_ENV = "PREFRESTORE_DEEPSPEED_CONFIG"
 DEEPSPEED_DIR = "/opt/prefrestore/infra/deepspeed"  # where infra/Dockerfile puts infra/deepspeed/*.json
+RUNTIME_PATCH_MANAGER = "prefrestore.io/launcher"  # owner of the TrainJob's runtimePatches entry
 
 # (group, version, plural, kind) of each job kind's custom resource
 CRDS: dict[str, tuple[str, str, str, str]] = {
@@ -94,6 +95,7 @@ class Training:
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
     image: str  # the one container image of every step
+    kubernetes_version: str  # Kubernetes API version the manifests are validated against
     namespace: str  # namespace of pods, jobs, PVCs and secrets
     service_account: str  # the pipeline pods' service account
     pool_label: str  # node label key that names a node pool
@@ -124,6 +126,12 @@ class ClusterConfig:
         unknown = set(self.training) - gpu
         if unknown:
             raise ValueError(f"training lists non-GPU or unknown steps {sorted(unknown)}")
+        if "stage2" in self.training and self.training["stage2"].deepspeed != "none":
+            raise ValueError(f"training.stage2.deepspeed: {self.training['stage2'].deepspeed} is not supported: "
+                             "stage 2 trains only the LoRA adapters (a few MB of AdamW state, nothing worth "
+                             "sharding) in its own torch.distributed loop that sums their gradients "
+                             "(train/distributed.py), not through accelerate's DeepSpeed engine; "
+                             "set deepspeed: none (plain data parallel)")
         for name, t in self.training.items():
             if t.launch != "inline" and self.gpu_steps[name].count != t.nproc_per_node:
                 raise ValueError(f"{name}: gpu_steps.count ({self.gpu_steps[name].count}) must equal "
@@ -242,7 +250,8 @@ def _pod_parts(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
             {"name": "model-store", "mountPath": cluster.model_store_mount, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     }
 
 
@@ -286,10 +295,18 @@ def build_manifest(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
                 "numProcPerNode": training.nproc_per_node,
                 "resourcesPerNode": container["resources"],
             },
-            "podTemplateOverrides": [{
-                "targetJobs": [{"name": "node"}],
-                "spec": {**pod_spec, "containers": [{"name": "node", "volumeMounts": container["volumeMounts"],
-                                                     "securityContext": container["securityContext"]}]},
+            "activeDeadlineSeconds": timeout,
+            # Trainer v2.3: the pod placement and volumes are a patch of the runtime's "node" job
+            "runtimePatches": [{
+                "manager": RUNTIME_PATCH_MANAGER,
+                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+                    "name": "node",
+                    "template": {"spec": {"template": {"spec": {
+                        **pod_spec,
+                        "containers": [{"name": "node", "volumeMounts": container["volumeMounts"],
+                                        "securityContext": container["securityContext"]}],
+                    }}}},
+                }]}}},
             }],
         }
     else:

@@ -14,9 +14,13 @@ input columns                                  | output columns
 ``steps``: optional int (default: the model's)   |
 
 Inputs go through the project's one decoder (:func:`prefrestore.core.images.load_rgb`) and geometry
-policy (:func:`prefrestore.core.images.fit_square`): any size or mode is accepted, non-square faces are
+policy (:func:`prefrestore.core.images.fit_square`): any mode is accepted, non-square faces are
 centre-cropped, and photos wider than ``max_aspect`` are refused (no face detector is shipped, so
-whole unaligned photos must be cropped to the face first).
+whole unaligned photos must be cropped to the face first). Sizes are checked from the image header
+before any pixel is decoded: more than ``register.max_pixels`` pixels, or a shorter side below
+``register.min_side``, is refused. A refused input raises :class:`InvalidInput`, an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``: ``mlflow models serve`` answers it with HTTP 400
+and the message, and keeps serving.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any, Protocol
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from prefrestore.core import images
 
@@ -54,6 +60,13 @@ class RestorerLike(Protocol):
 Loader = Callable[[Path], RestorerLike]
 
 
+class InvalidInput(MlflowException):
+    """A request the model refuses (bad base64, not an image, too small or large, too wide): HTTP 400."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def load_restorer(model_dir: Path) -> RestorerLike:
     """The real loader: ``Restorer.from_pretrained`` on a local HF-style directory (offline)."""
     from prefrestore.model.restore import Restorer
@@ -73,18 +86,18 @@ def encode_b64_png(img: np.ndarray) -> str:
     return base64.b64encode(images.encode_png(img)).decode("ascii")
 
 
-def decode_b64_image(text: str, row: int) -> np.ndarray:
-    """base64 image bytes -> uint8 HWC; a clear error names the row on bad input."""
+def decode_b64_image(text: str, row: int, max_pixels: int, min_side: int) -> np.ndarray:
+    """base64 image bytes -> uint8 HWC, sizes checked from the header first; :class:`InvalidInput` names the row."""
     if not isinstance(text, str) or not text:
-        raise ValueError(f"row {row}: column '{IMAGE_COL}' must be a non-empty base64 string")
+        raise InvalidInput(f"row {row}: column '{IMAGE_COL}' must be a non-empty base64 string")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"row {row}: column '{IMAGE_COL}' is not valid base64 ({exc})") from None
+        raise InvalidInput(f"row {row}: column '{IMAGE_COL}' is not valid base64 ({exc})") from None
     try:
-        return images.load_rgb(data)
+        return images.load_rgb(data, max_pixels=max_pixels, min_side=min_side)
     except images.BadImage as exc:
-        raise ValueError(f"row {row}: bad image ({exc})") from exc
+        raise InvalidInput(f"row {row}: bad image ({exc})") from None
 
 
 def _optional(frame: pd.DataFrame, col: str, row: int) -> Any:
@@ -133,11 +146,14 @@ class PrefRestorePyfunc(mlflow.pyfunc.PythonModel):
     :func:`load_restorer` in production (tests inject a stand-in)."""
 
     def __init__(
-        self, variant: str, default_seed: int, max_aspect: float, batch_size: int, loader: Loader = load_restorer
+        self, variant: str, default_seed: int, max_aspect: float, max_pixels: int, min_side: int, batch_size: int,
+        loader: Loader = load_restorer,
     ) -> None:
         self.variant = variant
         self.default_seed = default_seed
         self.max_aspect = max_aspect
+        self.max_pixels = max_pixels
+        self.min_side = min_side
         self.batch_size = batch_size
         self._loader = loader
         self.restorer: RestorerLike | None = None
@@ -155,16 +171,16 @@ class PrefRestorePyfunc(mlflow.pyfunc.PythonModel):
             raise RuntimeError("model not loaded: load it with mlflow.pyfunc.load_model")
         frame = pd.DataFrame(model_input)
         if IMAGE_COL not in frame.columns:
-            raise ValueError(f"input needs a '{IMAGE_COL}' column of base64-encoded PNG/JPEG bytes")
+            raise InvalidInput(f"input needs a '{IMAGE_COL}' column of base64-encoded PNG/JPEG bytes")
         n = len(frame)
-        faces = [decode_b64_image(frame[IMAGE_COL].iloc[i], i) for i in range(n)]
+        faces = [decode_b64_image(frame[IMAGE_COL].iloc[i], i, self.max_pixels, self.min_side) for i in range(n)]
         captions = [_optional(frame, CAPTION_COL, i) for i in range(n)]
         seeds = [int(s) if (s := _optional(frame, SEED_COL, i)) is not None else self.default_seed for i in range(n)]
         steps = [int(s) if (s := _optional(frame, STEPS_COL, i)) is not None else None for i in range(n)]
         try:
             restored = restore_arrays(self.restorer, faces, captions, seeds, steps, self.max_aspect, self.batch_size)
         except images.BadImage as exc:
-            raise ValueError(f"{exc}: crop the photo to the face first (no face detector is shipped)") from exc
+            raise InvalidInput(f"{exc}: crop the photo to the face first (no face detector is shipped)") from None
         return pd.DataFrame({IMAGE_COL: [encode_b64_png(r) for r in restored]})
 
 

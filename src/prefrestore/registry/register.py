@@ -93,6 +93,8 @@ class RegisterConfig:
     max_settle_rounds: int  # alias write/read rounds before settling gives up (concurrency)
     default_seed: int  # sampling seed of `prefrestore restore` and the pyfunc when none is given
     max_aspect: float  # restore refuses photos whose side ratio exceeds this (no face detector)
+    max_pixels: int  # restore and the served model refuse inputs whose header claims more pixels (before decoding)
+    min_side: int  # restore and the served model refuse inputs whose shorter side is below this
     batch_size: int  # faces per restore call (pyfunc predict and `prefrestore restore`)
     starting_weights: str  # what the model was initialised from, with licences (model card)
 
@@ -107,6 +109,8 @@ class RegisterConfig:
         check_range("register.max_promotion_rounds", self.max_promotion_rounds, 1, 100)
         check_range("register.max_settle_rounds", self.max_settle_rounds, 2, 1000)
         check_range("register.max_aspect", self.max_aspect, 1.0, 10.0)
+        check_range("register.max_pixels", self.max_pixels, 1, 1 << 31)
+        check_range("register.min_side", self.min_side, 1, 4096)
         check_range("register.batch_size", self.batch_size, 1, 4096)
         check_range("register.default_seed", self.default_seed, 0, 2**31 - 1)
 
@@ -397,7 +401,8 @@ def register_candidate(
     existing = find_candidate(client, name, key)
     if existing is not None:
         return existing, False
-    python_model = pyfunc_model.PrefRestorePyfunc(variant, cfg.default_seed, cfg.max_aspect, cfg.batch_size, loader)
+    python_model = pyfunc_model.PrefRestorePyfunc(variant, cfg.default_seed, cfg.max_aspect, cfg.max_pixels,
+                                                  cfg.min_side, cfg.batch_size, loader)
     requirements = [f"mlflow=={mlflow.__version__}", "prefrestore", "torch", "numpy", "pandas", "pillow"]
     with tempfile.TemporaryDirectory(prefix="prefrestore-register-") as staging:
         staged = pyfunc_model.stage_model_dir(Path(model_dir), Path(staging))

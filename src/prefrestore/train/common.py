@@ -145,8 +145,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
 
 
 # --------------------------------------------------------------------------- accelerator
-def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``accelerate.Accelerator`` for this launch: DDP/CPU/GPU, DeepSpeed ZeRO when configured."""
+def make_accelerator(cfg: TrainConfig, trainable_numel: int) -> Any:
+    """An ``accelerate.Accelerator`` for this launch: DDP/CPU/GPU, DeepSpeed ZeRO when configured.
+
+    Under DeepSpeed, the ZeRO buckets are capped at ``trainable_numel`` (the elements of the trainable
+    parameters): ZeRO allocates a whole bucket up front, and one larger than the model only costs
+    memory (the 5e8-element buckets of ``infra/deepspeed`` are 2 GB per rank in fp32). Without a GPU,
+    DeepSpeed runs on its CPU accelerator over gloo (the same ZeRO optimizer as on GPUs).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
@@ -158,10 +164,6 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         if "LOCAL_RANK" not in os.environ:
             raise RuntimeError(f"deepspeed: {cfg.deepspeed} needs a launcher that sets the process-group "
                                "environment: run the step under `torchrun --nproc_per_node N` (N = 1 is fine)")
-        if not cuda and world_size() > 1:
-            # accelerate starts no process group for DeepSpeed without GPUs: each rank would train alone
-            raise RuntimeError(f"deepspeed: {cfg.deepspeed} over {world_size()} CPU processes is not supported; "
-                               "use deepspeed: none (DDP over gloo) for multi-process CPU runs")
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
@@ -175,11 +177,23 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         ds_config["gradient_accumulation_steps"] = accum
         ds_config["train_batch_size"] = cfg.global_batch
         ds_config["gradient_clipping"] = cfg.grad_clip
+        zero = ds_config["zero_optimization"]
+        for key in ("reduce_bucket_size", "allgather_bucket_size"):
+            zero[key] = max(1, min(int(zero[key]), trainable_numel))
+        if not cuda:
+            # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce at start-up (90 s on
+            # 2 cores, needs a compiler) that only its inference all-reduce uses; training runs on gloo
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     # Frozen-but-present modules and CFG-dropped conditions can leave a trainable tensor without a
     # gradient in some micro-batch; DDP must not hang on it.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    group = InitProcessGroupKwargs(timeout=distributed.TIMEOUT)  # ranks wait while rank 0 validates
+    # ranks wait while rank 0 validates. DeepSpeed without a GPU: accelerate finds no backend of its
+    # own and would count one process per rank (each training alone); gloo is named explicitly
+    group = InitProcessGroupKwargs(timeout=distributed.TIMEOUT,
+                                   backend="gloo" if plugin is not None and not cuda else None)
     # cpu=True would make accelerate drop the DeepSpeed plugin without a word; without it, DeepSpeed
     # runs on its own CPU accelerator when there is no GPU (tests/train/test_deepspeed.py)
     return Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=accum,
@@ -275,7 +289,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ckpt_dir: Path, fingerprint: str, see
     were killed there; a later call continues.
     """
     t_start = time.perf_counter()
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, sum(p.numel() for p in task.model.parameters() if p.requires_grad))
     rank, world = accelerator.process_index, accelerator.num_processes
     accum = cfg.accumulation(world)
     model = task.model.to(accelerator.device)
@@ -406,6 +420,7 @@ def _save(accelerator: Any, cfg: TrainConfig, model: nn.Module, optimizer: Any, 
     ds_dir = Path(ckpt_dir) / f".ds-step-{step:08d}"
     if cfg.deepspeed != "none":  # sharded optimizer state: every rank writes its part
         accelerator.save_state(str(ds_dir))
+        accelerator.wait_for_everyone()  # every rank's shard is on disk before rank 0 moves the folder
     if accelerator.is_main_process:
         epoch, position = divmod(step, per_epoch)
         checkpoint.save(
