@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from prefrestore.registry.pyfunc import restorer_loader
+
 STANDIN_RESOLUTION = 32
 
 
@@ -42,6 +44,7 @@ def bicubic(img: np.ndarray) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+@restorer_loader
 def load_standin(model_dir: Path) -> BicubicRestorer:
     return BicubicRestorer.from_pretrained(model_dir)
 

@@ -107,9 +107,14 @@ def test_register_promote_load_by_alias_restore_round_trip(store, tmp_path, monk
 
 
 def test_predict_batches_by_seed_and_caption_and_rejects_bad_input(tmp_path):
-    wrapper = pyfunc_model.PrefRestorePyfunc("quality", default_seed=7, max_aspect=2.0, max_pixels=1 << 24,
-                                             min_side=16, batch_size=2)
-    wrapper.restorer = load_standin(make_model_dir(tmp_path / "m", 0))
+    model_dir = make_model_dir(tmp_path / "m", 0)
+
+    class Context:
+        artifacts = {pyfunc_model.MODEL_DIR_ARTIFACT: str(model_dir)}
+        model_config = pyfunc_model.model_config("quality", 7, 2.0, 1 << 24, 16, 2, model_dir, load_standin)
+
+    wrapper = pyfunc_model.PrefRestorePyfunc()
+    wrapper.load_context(Context())
     png = base64.b64encode(images.encode_png(np.full((32, 32, 3), 128, np.uint8))).decode()
     frame = pd.DataFrame({"image": [png] * 4, "caption": ["a photography of a man", None, None, None],
                           "seed": [1.0, np.nan, np.nan, 3.0]})

@@ -67,8 +67,10 @@ def test_pyfunc_wrapper_restores_like_the_real_restorer(tiny_model_dir):
 
     class Context:
         artifacts = {pyfunc_model.MODEL_DIR_ARTIFACT: str(tiny_model_dir)}
+        model_config = pyfunc_model.model_config("fidelity", 3, 2.0, 1 << 24, 16, 4, tiny_model_dir,
+                                                 pyfunc_model.load_restorer)
 
-    wrapper = pyfunc_model.PrefRestorePyfunc("fidelity", default_seed=3, max_aspect=2.0, max_pixels=1 << 24, min_side=16, batch_size=4)
+    wrapper = pyfunc_model.PrefRestorePyfunc()
     wrapper.load_context(Context())
     img = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     frame = pd.DataFrame({"image": [base64.b64encode(images.encode_png(img)).decode()] * 2, "steps": [1.0, 1.0]})

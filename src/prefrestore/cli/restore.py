@@ -13,8 +13,17 @@ written as ``<out>/<relative path>.png`` (atomically).
 No face detector is shipped: inputs must already be face crops. A whole photo whose long/short
 side ratio exceeds ``register.max_aspect`` is refused with a clear error; a milder non-square
 crop is centre-cropped. An image whose header claims more than ``register.max_pixels`` pixels, or a
-shorter side below ``register.min_side``, is refused before decoding (the served model's limits). Bad files are reported and skipped; the others are still restored, and
-the exit status is 1 when any input failed.
+shorter side below ``register.min_side``, is refused before decoding (the served model's limits).
+Missing paths and bad files are reported and skipped; the others are still restored, the command
+prints ``restored N of M`` with the reasons, and the exit status is 1 when any input failed.
+Two inputs that would write the same name (``face.png`` and ``face.jpg``) are told apart
+deterministically: the first, in input order, keeps ``face.png``; the next gets its full file name
+(``face.jpg.png``), then an index (``face.jpg-2.png``).
+
+Trusted loading: a registered model is downloaded into a temporary folder (nothing is written into
+the registry's artifact store), its code must be this package's ``served_model.py``, and every file
+of its model directory must match the sha256 recorded at registration. A model folder holding a
+pickle is refused unless ``--allow-pickle`` is given.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from prefrestore.core import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -44,12 +55,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's own setting)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--profile", help="params.yaml profile (default: the file's 'profile' key)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load a model folder that holds pickles (*.pkl, *.pt, ...): only if you trust its source")
     p.set_defaults(handler=run_cli)
 
 
-def collect(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """``(file, output name relative to --out)`` for every input image, in a stable order."""
+def collect(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
+    """``(file, output name relative to --out)`` for every input image, in a stable order, one
+    message per path that does not exist, and one per renamed output (clashes, module doc)."""
     found: list[tuple[Path, Path]] = []
+    missing: list[str] = []
     for path in paths:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -57,29 +72,50 @@ def collect(paths: list[Path]) -> list[tuple[Path, Path]]:
         elif path.is_file():
             found.append((path, Path(path.name).with_suffix(".png")))
         else:
-            raise FileNotFoundError(f"input not found: {path}")
-    names = [name for _, name in found]
-    clashes = sorted({str(n) for n in names if names.count(n) > 1})
-    if clashes:
-        raise ValueError(f"several inputs would be written to the same output: {clashes}")
-    return found
+            missing.append(f"{path}: input not found")
+    taken: set[Path] = set()
+    named: list[tuple[Path, Path]] = []
+    renamed: list[str] = []
+    for src, name in found:
+        if name in taken:
+            wanted = name
+            name = name.with_name(src.name + ".png")  # face.jpg -> face.jpg.png
+            stem, i = name.name.removesuffix(".png"), 2
+            while name in taken:
+                name, i = name.with_name(f"{stem}-{i}.png"), i + 1
+            renamed.append(f"{src} -> {name} ({wanted} is another input's)")
+        taken.add(name)
+        named.append((src, name))
+    return named, missing, renamed
 
 
-def load_model(model: str) -> Any:
-    """A restorer from an MLflow model URI / folder, or from a local HF-style model directory."""
-    from prefrestore.core import tracking
+def load_model(model: str, allow_pickle: bool) -> Any:
+    """A restorer from an MLflow model URI / folder, or from a local HF-style model directory,
+    loaded only after the checks of the module docstring."""
+    import tempfile
+
+    from prefrestore.core import integrity, tracking
     from prefrestore.registry import pyfunc as pyfunc_model
 
     local = Path(model)
     if local.is_dir() and not (local / "MLmodel").is_file():
+        integrity.refuse_pickles(local, allow_pickle)
         return pyfunc_model.load_restorer(local)
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    wrapper = mlflow.pyfunc.load_model(model).unwrap_python_model()
-    if not isinstance(wrapper, pyfunc_model.PrefRestorePyfunc) or wrapper.restorer is None:
-        raise ValueError(f"{model} is not a Pref-Restore pyfunc model")
-    return wrapper.restorer
+    with tempfile.TemporaryDirectory(prefix="prefrestore-restore-") as tmp:
+        folder = local if local.is_dir() else Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=tmp))
+        integrity.refuse_pickles(folder, allow_pickle)
+        code = integrity.pyfunc_flavor(folder).get("model_code_path")
+        if code is None or (folder / Path(code).name).read_bytes() != pyfunc_model.SERVED_MODEL.read_bytes():
+            raise errors.InputError(f"{folder}: its code is not this package's served_model.py (register the model "
+                                    "with this version of prefrestore)")
+        integrity.mlflow_model_dir(folder, allow_pickle)  # digests, before any weight is read
+        wrapper = mlflow.pyfunc.load_model(str(folder)).unwrap_python_model()
+        if not isinstance(wrapper, pyfunc_model.PrefRestorePyfunc) or wrapper.restorer is None:
+            raise errors.InputError(f"{model} is not a Pref-Restore pyfunc model")
+        return wrapper.restorer
 
 
 def restore_files(
@@ -128,19 +164,22 @@ def run_cli(args: argparse.Namespace) -> int:
     from prefrestore.registry.register import RegisterConfig
 
     if args.model is None and args.variant is None:
-        raise SystemExit("error: restore needs --variant (to pick the registered champion) or --model")
+        raise errors.UsageError("restore needs --variant (to pick the registered champion) or --model")
     if args.steps is not None and args.steps < 1:
-        raise SystemExit("error: --steps must be >= 1")
+        raise errors.UsageError("--steps must be >= 1")
     cfg = load(args.profile or read_params_file()["profile"]).section("register", RegisterConfig)
-    items = collect(list(args.inputs))
+    items, missing, renamed = collect(list(args.inputs))
     if not items:
-        raise SystemExit(f"error: no image files found in {[str(p) for p in args.inputs]}")
+        raise errors.InputError(f"no image files found in {[str(p) for p in args.inputs]}")
     model = args.model or f"models:/{cfg.models[args.variant]}@{cfg.champion_alias}"
-    restorer = load_model(model)
+    restorer = load_model(model, args.allow_pickle)
     seed = cfg.default_seed if args.seed is None else args.seed
-    failures = restore_files(restorer, items, args.out, args.caption, seed, args.steps, cfg.max_aspect,
-                             cfg.max_pixels, cfg.min_side, cfg.batch_size)
-    print(f"restored {len(items) - len(failures)} of {len(items)} images into {args.out} with {model} (seed {seed})")
+    failures = missing + restore_files(restorer, items, args.out, args.caption, seed, args.steps, cfg.max_aspect,
+                                       cfg.max_pixels, cfg.min_side, cfg.batch_size)
+    total = len(items) + len(missing)
+    print(f"restored {total - len(failures)} of {total} images into {args.out} with {model} (seed {seed})")
+    for line in renamed:
+        print(f"renamed: {line}")
     for message in failures:
         print(f"failed: {message}", file=sys.stderr)
     return 1 if failures else 0

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from prefrestore.core import atomic, tracking
+from prefrestore.core import atomic, integrity, tracking
 from prefrestore.core.config import Params, check_range
 from prefrestore.core.images import BadImage, load_rgb, save_png
 from prefrestore.core.weights import MissingWeights
@@ -366,6 +366,8 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
         raise FileNotFoundError(f"benchmarks {missing} not found under {bench_root} (each needs manifest.parquet)")
     benches = [load_benchmark(bench_root / b, cfg.max_images) for b in cfg.benchmarks]
     model_dir = Path(inputs["model"])
+    if (model_dir / "MLmodel").is_file():  # a registered model (downloaded MLflow folder): verify it first
+        model_dir = integrity.mlflow_model_dir(model_dir)
     variant = eval_report.variant_of(model_dir)  # None: a model that is neither variant (a baseline)
     restore = restore_fn or load_restorer(model_dir)
     device = _device()

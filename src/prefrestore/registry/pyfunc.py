@@ -39,12 +39,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from prefrestore.core import images
+from prefrestore.core import images, integrity
+from prefrestore.core.errors import InputError
 
 IMAGE_COL, CAPTION_COL, SEED_COL, STEPS_COL = "image", "caption", "seed", "steps"
 OPTIONAL_COLS = (CAPTION_COL, SEED_COL, STEPS_COL)
-MODEL_DIR_ARTIFACT = "model_dir"
-EXCLUDED_FROM_ARTIFACT = ("checkpoints",)  # training state never ships with the model
+MODEL_DIR_ARTIFACT = integrity.MODEL_DIR_ARTIFACT
+EXCLUDED_FROM_ARTIFACT = integrity.EXCLUDED  # training state never ships with the model
 
 
 class RestorerLike(Protocol):
@@ -67,6 +68,17 @@ class InvalidInput(MlflowException):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+LOADER_MARK = "__prefrestore_loader__"
+
+
+def restorer_loader(fn: Loader) -> Loader:
+    """Mark ``fn`` as a loader a registered model may name in its ``model_config``: only marked
+    functions are ever called, so an edited ``MLmodel`` cannot name an arbitrary callable."""
+    setattr(fn, LOADER_MARK, True)
+    return fn
+
+
+@restorer_loader
 def load_restorer(model_dir: Path) -> RestorerLike:
     """The real loader: ``Restorer.from_pretrained`` on a local HF-style directory (offline)."""
     from prefrestore.model.restore import Restorer
@@ -141,30 +153,57 @@ def restore_arrays(
     return [o for o in out if o is not None]
 
 
-class PrefRestorePyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc wrapper. ``loader`` builds the restorer from the model directory artifact; it is
-    :func:`load_restorer` in production (tests inject a stand-in)."""
+SERVED_MODEL = Path(__file__).with_name("served_model.py")  # the model's code (MLflow "models from code")
 
-    def __init__(
-        self, variant: str, default_seed: int, max_aspect: float, max_pixels: int, min_side: int, batch_size: int,
-        loader: Loader = load_restorer,
-    ) -> None:
-        self.variant = variant
-        self.default_seed = default_seed
-        self.max_aspect = max_aspect
-        self.max_pixels = max_pixels
-        self.min_side = min_side
-        self.batch_size = batch_size
-        self._loader = loader
+
+def loader_name(fn: Loader) -> str:
+    if not getattr(fn, LOADER_MARK, False):
+        raise ValueError(f"{fn!r} is not marked with @restorer_loader")
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def resolve_loader(name: str) -> Loader:
+    import importlib
+
+    module, _, attr = str(name).partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"model_config names loader {name!r}, which cannot be imported ({exc})") from None
+    if not getattr(fn, LOADER_MARK, False):
+        raise InputError(f"model_config names {name!r}, which is not a Pref-Restore loader")
+    return fn
+
+
+def model_config(variant: str, default_seed: int, max_aspect: float, max_pixels: int, min_side: int,
+                 batch_size: int, model_dir: Path, loader: Loader) -> dict[str, Any]:
+    """What the registered model is configured with (stored in ``MLmodel``; no pickle): the serving
+    settings, the loader and the sha256 of every file of the model directory."""
+    return {"variant": variant, "default_seed": int(default_seed), "max_aspect": float(max_aspect),
+            "max_pixels": int(max_pixels), "min_side": int(min_side), "batch_size": int(batch_size),
+            "loader": loader_name(loader), integrity.DIGESTS_KEY: integrity.file_digests(model_dir)}
+
+
+class PrefRestorePyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper, logged as a model from code (``served_model.py``): nothing is pickled.
+    Its settings come from ``context.model_config``; :meth:`load_context` checks every file of the
+    model directory against the digests recorded at registration before the loader reads it."""
+
+    def __init__(self) -> None:
         self.restorer: RestorerLike | None = None
 
     def load_context(self, context: Any) -> None:
-        self.restorer = self._loader(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
-
-    def __getstate__(self) -> dict[str, Any]:  # the loaded model is never pickled
-        state = dict(self.__dict__)
-        state["restorer"] = None
-        return state
+        cfg = dict(context.model_config or {})
+        missing = sorted({"variant", "default_seed", "max_aspect", "max_pixels", "min_side", "batch_size",
+                          "loader", integrity.DIGESTS_KEY} - set(cfg))
+        if missing:
+            raise InputError(f"model_config lacks {missing}: not registered by this version of prefrestore")
+        model_dir = Path(context.artifacts[MODEL_DIR_ARTIFACT])
+        integrity.verify(model_dir, cfg[integrity.DIGESTS_KEY])
+        self.variant, self.default_seed = cfg["variant"], int(cfg["default_seed"])
+        self.max_aspect, self.batch_size = float(cfg["max_aspect"]), int(cfg["batch_size"])
+        self.max_pixels, self.min_side = int(cfg["max_pixels"]), int(cfg["min_side"])
+        self.restorer = resolve_loader(cfg["loader"])(model_dir)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if self.restorer is None:
@@ -228,10 +267,11 @@ def stage_model_dir(model_dir: Path, staging: Path) -> Path:
 def log_pyfunc(
     name: str,
     model_dir: Path,
-    python_model: PrefRestorePyfunc,
+    config: dict[str, Any],
     pip_requirements: Sequence[str],
 ) -> Any:
-    """Log the pyfunc (artifact = the model directory) in the active MLflow run; returns ModelInfo.
+    """Log the pyfunc as a model from code (``served_model.py``, settings in ``model_config``; no
+    pickle) with the model directory as its artifact, in the active MLflow run; returns ModelInfo.
 
     MLflow checks the input example at log time by loading the model and predicting on it (a
     warning, not an error, when that fails); the example is one 16 px image at ``steps=1`` so the
@@ -240,7 +280,8 @@ def log_pyfunc(
     """
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=python_model,
+        python_model=str(SERVED_MODEL),
+        model_config=config,
         artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
         signature=signature(),
         input_example=example_frame(),

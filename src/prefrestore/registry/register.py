@@ -65,7 +65,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefrestore.core import atomic, tracking
+from prefrestore.core import atomic, integrity, tracking
 from prefrestore.core.config import PROJECT_ROOT, Params, as_dict, check_range
 from prefrestore.registry import gates, model_card
 from prefrestore.registry import pyfunc as pyfunc_model
@@ -305,23 +305,6 @@ def _gate_with_cas(
 # ---------------------------------------------------------------------------------------------
 
 
-def dir_digest(path: Path) -> str:
-    """Content hash of a model directory (relative names + bytes), training checkpoints excluded."""
-    h = hashlib.sha256()
-    files = sorted(
-        p for p in Path(path).rglob("*")
-        if p.is_file() and p.relative_to(path).parts[0] not in pyfunc_model.EXCLUDED_FROM_ARTIFACT
-    )
-    if not files:
-        raise FileNotFoundError(f"model directory is empty or missing: {path}")
-    for f in files:
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def candidate_key(variant: str, model_digest: str, metrics: Mapping[str, float | str]) -> str:
     payload = json.dumps({"variant": variant, "model": model_digest, "metrics": dict(metrics)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -396,17 +379,17 @@ def register_candidate(
     import mlflow
 
     name = cfg.models[variant]
-    digest = dir_digest(model_dir)
+    digest = integrity.dir_digest(model_dir)
     key = candidate_key(variant, digest, metrics)
     existing = find_candidate(client, name, key)
     if existing is not None:
         return existing, False
-    python_model = pyfunc_model.PrefRestorePyfunc(variant, cfg.default_seed, cfg.max_aspect, cfg.max_pixels,
-                                                  cfg.min_side, cfg.batch_size, loader)
     requirements = [f"mlflow=={mlflow.__version__}", "prefrestore", "torch", "numpy", "pandas", "pillow"]
     with tempfile.TemporaryDirectory(prefix="prefrestore-register-") as staging:
         staged = pyfunc_model.stage_model_dir(Path(model_dir), Path(staging))
-        info = pyfunc_model.log_pyfunc(variant, staged, python_model, requirements)
+        config = pyfunc_model.model_config(variant, cfg.default_seed, cfg.max_aspect, cfg.max_pixels, cfg.min_side,
+                                           cfg.batch_size, staged, loader)
+        info = pyfunc_model.log_pyfunc(variant, staged, config, requirements)
     version_tags = {
         **tags,
         TAG_CANDIDATE: key,
@@ -456,7 +439,7 @@ def run(
         raise ValueError(f"register: missing inputs {missing}")
     metrics = {v: read_metrics(Path(inputs["reports"]), v) for v in VARIANTS}  # fail before any write
     for v in VARIANTS:
-        dir_digest(Path(inputs[v]))  # an empty or missing model directory is an error up front
+        integrity.dir_digest(Path(inputs[v]))  # an empty or missing model directory is an error up front
     out = Path(out)
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = MlflowClient(tracking_uri=tracking.tracking_uri())
