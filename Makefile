@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # checkov pins packages the project cannot share (packaging, networkx): it gets its own venv
 TOOLS := $(VENV)/tools
 
-.PHONY: help setup demo test test-all lint format bench clean
+.PHONY: help setup demo test test-all test-kfp lint format bench clean
 
 help:  ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: setup  ## run the test suite (slow and GPU tests excluded)
 
 test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"
+
+test-kfp: setup  ## the training pipeline through kfp.local with the real tiny steps (slow: 14 min on 2 shared cores)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m slow tests/pipeline/test_pipelines.py::test_local_run_tiny_real_steps
 
 lint: setup  ## ruff, the import contracts, and the manifests vs the Kubernetes/Kubeflow schemas, hadolint, checkov
 	$(VENV)/bin/ruff check .
