@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from helpers.standin import bicubic, load_standin, make_model_dir, make_reports, metrics
 from PIL import Image
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prefrestore.core.errors import InputError
+from prefrestore.core.weights import sha256_file
 
 EXCLUDED = ("checkpoints",)  # training state never ships with a model
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt")
@@ -30,20 +31,12 @@ def _files(root: Path) -> list[Path]:
                   if p.is_file() and not set(p.relative_to(root).parts) & set(EXCLUDED))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_digests(root: Path) -> dict[str, str]:
     """``relative path -> sha256`` of every file of a model directory (training checkpoints excluded)."""
     files = _files(root)
     if not files:
         raise FileNotFoundError(f"model directory is empty or missing: {root}")
-    return {str(f.relative_to(root)): _sha256(f) for f in files}
+    return {str(f.relative_to(root)): sha256_file(f) for f in files}
 
 
 def dir_digest(root: Path) -> str:
@@ -67,7 +60,7 @@ def verify(root: Path, expected: Mapping[str, str]) -> None:
     for name, digest in sorted(expected.items()):
         if name not in actual:
             raise InputError(f"{root / name}: missing from the model (it was registered with it)")
-        if _sha256(actual[name]) != digest:
+        if sha256_file(actual[name]) != digest:
             raise InputError(f"{root / name}: sha256 differs from the registered one (the model was modified "
                              "after registration)")
     extra = sorted(set(actual) - set(expected))
