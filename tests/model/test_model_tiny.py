@@ -234,3 +234,25 @@ def test_encode_decode_shapes(model: PrefRestoreModel, cfg: ModelConfig, lq: tor
     assert all(not p.requires_grad for p in frozen.parameters())
     assert "frozen" not in " ".join(n for n, _ in model.named_modules())
     torch.testing.assert_close(model.encode(lq, encoder=frozen), z)
+
+
+def test_a_directory_saved_before_the_added_config_keys_loads_unchanged(tmp_path) -> None:
+    """Model directories written before ``connector_norm_init`` and ``codebook_l2_norm`` existed load,
+    with the values they were built with."""
+    import json
+
+    import torch
+
+    from prefrestore.core.config import load
+    from prefrestore.model.config import ModelConfig
+    from prefrestore.model.model import PrefRestoreModel
+
+    torch.manual_seed(0)
+    PrefRestoreModel.build(load("tiny").section("model", ModelConfig), "").save_pretrained(tmp_path / "m")
+    top = tmp_path / "m" / "config.json"
+    meta = json.loads(top.read_text())
+    assert meta["model"]["connector_norm_init"] == 1.0 and meta["model"]["tokenizer"]["codebook_l2_norm"] is False
+    del meta["model"]["connector_norm_init"], meta["model"]["tokenizer"]["codebook_l2_norm"]
+    top.write_text(json.dumps(meta))
+    old = PrefRestoreModel.from_pretrained(tmp_path / "m")
+    assert old.cfg.connector_norm_init == 1.0 and old.cfg.tokenizer.codebook_l2_norm is False

@@ -48,6 +48,20 @@ from prefrestore.model.tokenizer import SemanticTokenizer
 
 Stage = Literal["1.1", "1.2", "2"]
 FORMAT, VERSION = "prefrestore-model", 1
+# Model config keys added after version 1 directories were written, with the value those
+# directories were built with. Neither changes a loaded model (an init, and the tiny profile's
+# plain codebook), so a directory saved before them loads as it was trained.
+ADDED_KEYS: dict[tuple[str, ...], object] = {("connector_norm_init",): 1.0, ("tokenizer", "codebook_l2_norm"): False}
+
+
+def _with_added_keys(model: dict) -> dict:
+    model = {k: dict(v) if isinstance(v, dict) else v for k, v in model.items()}
+    for path, value in ADDED_KEYS.items():
+        node = model
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node.setdefault(path[-1], value)
+    return model
 
 # Paper Table I / SPEC §3: which parameters each stage trains, by name prefix.
 STAGE_PREFIXES: dict[str, tuple[str, ...]] = {
@@ -121,7 +135,7 @@ class PrefRestoreModel(nn.Module):
         meta = json.loads(top.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{top}: expected format {FORMAT} v{VERSION}, got {meta.get('format')} v{meta.get('version')}")
-        cfg = ModelConfig.from_dict(meta["model"])
+        cfg = ModelConfig.from_dict(_with_added_keys(meta["model"]))
         width = cfg.generator.caption_channels
         model = cls(
             cfg,
