@@ -65,7 +65,7 @@ def test_fast_equals_direct_before_jpeg(profile: str, changes: dict, size: int) 
         assert fast.shape == ref.shape and fast.dtype == ref.dtype == np.float32
         worst = max(worst, float(np.abs(fast - ref).max()))
     assert worst <= TOL
-    assert worst < 1e-3  # in practice it is float rounding, far inside one grey level
+    assert worst < 1e-3  # in practice far inside one grey level (rank truncation on faces, float rounding)
 
 
 def test_fast_equals_direct_at_extremes() -> None:
@@ -299,3 +299,28 @@ def test_blur_plan_follows_the_cost_model() -> None:
         assert bool(dft_r) == want_dft
         if want_dft:  # mostly small r; never the large-r end, where every rank is cheaper banded
             assert np.median(dft_r) < 4.0 and max(dft_r) < 16.0
+
+
+def test_rank_truncation_bound_is_attained_and_inside_one_grey_level() -> None:
+    """The hardest [0, 1] image for the truncated kernel: the fast path moves its pixel by the bound, under 1/255.
+
+    The image is 1 exactly where the rank residual E = K - K_R is positive (0 elsewhere), centred on one pixel;
+    there the banded blur differs from filter2D by sum E+ (r = 1: no resize in between). ``SEPARABLE_TOL`` is
+    what keeps that within the 1/255 the fast path must hold, so raising it past 1/255 fails here.
+    """
+    assert degrade_fast.SEPARABLE_TOL + 1e-5 < TOL
+    cfg = _cfg("released", aniso_prob=1.0)
+    p = DegradeParams("aniso", 11.0, 1.5, 0.6, 1.0, 0.0, 50, 0, False)
+    kernel = gaussian_kernel(p, cfg)
+    v, h = kernel_factors(p, cfg)
+    residual = kernel - v.T @ h
+    assert len(v) > 1
+    size, radius = 96, kernel_radius(p, cfg)
+    img = np.zeros((size, size, 3), dtype=np.uint8)
+    c = size // 2
+    img[c - radius : c + radius + 1, c - radius : c + radius + 1] = 255 * (residual > 0)[..., None]
+    got = degrade_fast.blur_downsample(img, v, h, (size, size), "linear")
+    diff = float(np.abs(got - _direct(img, p, cfg))[c, c].max())
+    assert diff == pytest.approx(float(residual[residual > 0].sum()), abs=1e-5)
+    assert diff <= degrade_fast.worst_pixel_error(residual) + 1e-6 <= degrade_fast.SEPARABLE_TOL + 1e-6 < TOL
+    assert diff > 0.25 * degrade_fast.SEPARABLE_TOL  # the bound is nearly used up: a real test of the tolerance
