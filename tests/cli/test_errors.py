@@ -63,6 +63,10 @@ CASES = [
      1, "input 'faces' does not exist", "o8"),
     ("faces folder without a manifest", ["degrade", "--profile", "tiny", "--in", "faces=empty", "--out", "o9"], {},
      1, "manifest", "o9"),
+    ("registered model that does not exist", ["restore", "junk/tiny.png", "--variant", "quality", "--out", "o10"], {},
+     1, "Registered Model with name=prefrestore-quality not found", "o10"),
+    ("model folder that is not one", ["restore", "junk/tiny.png", "--model", "empty", "--out", "o11"], {},
+     1, "not a Pref-Restore model directory", "o11"),
 ]
 
 
