@@ -24,8 +24,8 @@ def write_inputs(root: Path) -> dict[str, np.ndarray]:
     grey = rng.integers(0, 256, (48, 48), dtype=np.uint8)
     Image.fromarray(grey, "L").save(root / "sub" / "b.jpg", quality=95)
     Image.fromarray(rng.integers(0, 256, (30, 120, 3), dtype=np.uint8)).save(root / "wide.png")
-    Image.new("RGB", (8, 8)).save(root / "tiny.png")  # below register.min_side
-    Image.new("RGB", (4100, 4100)).save(root / "huge.png")  # over register.max_pixels (4096 x 4096)
+    Image.new("RGB", (8, 8)).save(root / "tiny.png")  # below image_limits.min_side
+    Image.new("RGB", (4100, 4100)).save(root / "huge.png")  # over image_limits.max_pixels (4096 x 4096)
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     return {"a.png": images.load_rgb(root / "a.png"), "sub/b.png": images.load_rgb(root / "sub" / "b.jpg")}
 

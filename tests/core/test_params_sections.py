@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefrestore.core.config import ConfigError, load, profile_names, read_params_file
+from prefrestore.core.images import ImageLimits
 from prefrestore.data.caption import CaptionConfig
 from prefrestore.data.degrade.direct import DegradeConfig
 from prefrestore.data.ingest import DataConfig, IngestConfig
@@ -39,6 +40,7 @@ SECTIONS = {
     "evaluate": EvaluateConfig,
     "cluster": ClusterConfig,
     "register": RegisterConfig,
+    "image_limits": ImageLimits,
 }
 
 

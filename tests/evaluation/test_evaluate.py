@@ -252,3 +252,19 @@ def test_variant_of_a_kfp_artifact_path_comes_from_the_training_summary(tmp_path
     assert eval_report.variant_of(model) == variant
     (model / "metrics.json").write_text("{not json")
     assert eval_report.variant_of(model) is None
+
+
+def test_benchmark_images_outside_the_served_limits_are_excluded(tmp_path, tiny_params):
+    """evaluate applies image_limits (the served model's limit) on the header: a benchmark of 48 px
+    images under min_side=49 excludes every one, with the reason, before any restore."""
+    make_bench(tmp_path / "bench" / "celeba_test")
+    calls = []
+    params = tiny_params.with_overrides({"image_limits.min_side": 49})
+    with pytest.raises(ValueError, match="every image was excluded.*too_small"):
+        evaluate.run(params, {"model": tmp_path / "stage2", "benchmarks": tmp_path / "bench"}, tmp_path / "out",
+                     restore_fn=blur_restore_counting(calls), progress=False)
+    assert calls == []
+    ok = evaluate.run(tiny_params.with_overrides({"image_limits.min_side": 48}),
+                      {"model": tmp_path / "stage2", "benchmarks": tmp_path / "bench"}, tmp_path / "out2",
+                      restore_fn=blur_restore, progress=False)
+    assert ok["celeba_test/n_excluded"] == 0

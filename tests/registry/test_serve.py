@@ -32,6 +32,7 @@ from PIL import Image
 from prefrestore.cli.main import main as cli
 from prefrestore.core import images
 from prefrestore.core.config import PROJECT_ROOT, load
+from prefrestore.core.images import ImageLimits
 from prefrestore.model.config import ModelConfig
 from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.model import PrefRestoreModel
@@ -96,7 +97,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     client = mlflow.MlflowClient(uri)
     mlflow.set_experiment("serve-test")
     with mlflow.start_run():
-        version, _ = register.register_candidate(client, cfg, "quality", model_dir, {}, {}, pyfunc_model.load_restorer)
+        version, _ = register.register_candidate(client, cfg, "quality", model_dir, {}, {}, pyfunc_model.load_restorer,
+                                                 params.section("image_limits", ImageLimits))
     client.set_registered_model_alias(cfg.models["quality"], cfg.champion_alias, str(version))
 
     checkout = root / "checkout"

@@ -12,8 +12,8 @@ written as ``<out>/<relative path>.png`` (atomically).
 
 No face detector is shipped: inputs must already be face crops. A whole photo whose long/short
 side ratio exceeds ``register.max_aspect`` is refused with a clear error; a milder non-square
-crop is centre-cropped. An image whose header claims more than ``register.max_pixels`` pixels, or a
-shorter side below ``register.min_side``, is refused before decoding (the served model's limits).
+crop is centre-cropped. An image whose header claims more than ``image_limits.max_pixels`` pixels, or
+a shorter side below ``image_limits.min_side``, is refused before decoding (the served model's limits).
 Missing paths and bad files are reported and skipped; the others are still restored, the command
 prints ``restored N of M`` with the reasons, and the exit status is 1 when any input failed.
 Two inputs that would write the same name (``face.png`` and ``face.jpg``) are told apart
@@ -161,13 +161,16 @@ def restore_files(
 
 def run_cli(args: argparse.Namespace) -> int:
     from prefrestore.core.config import load, read_params_file
+    from prefrestore.core.images import ImageLimits
     from prefrestore.registry.register import RegisterConfig
 
     if args.model is None and args.variant is None:
         raise errors.UsageError("restore needs --variant (to pick the registered champion) or --model")
     if args.steps is not None and args.steps < 1:
         raise errors.UsageError("--steps must be >= 1")
-    cfg = load(args.profile or read_params_file()["profile"]).section("register", RegisterConfig)
+    params = load(args.profile or read_params_file()["profile"])
+    cfg = params.section("register", RegisterConfig)
+    limits = params.section("image_limits", ImageLimits)
     items, missing, renamed = collect(list(args.inputs))
     if not items:
         raise errors.InputError(f"no image files found in {[str(p) for p in args.inputs]}")
@@ -175,7 +178,7 @@ def run_cli(args: argparse.Namespace) -> int:
     restorer = load_model(model, args.allow_pickle)
     seed = cfg.default_seed if args.seed is None else args.seed
     failures = missing + restore_files(restorer, items, args.out, args.caption, seed, args.steps, cfg.max_aspect,
-                                       cfg.max_pixels, cfg.min_side, cfg.batch_size)
+                                       limits.max_pixels, limits.min_side, cfg.batch_size)
     total = len(items) + len(missing)
     print(f"restored {total - len(failures)} of {total} images into {args.out} with {model} (seed {seed})")
     for line in renamed:

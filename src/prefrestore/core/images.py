@@ -31,6 +31,7 @@ to run when someone has switched it on, because truncated files would then decod
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import warnings
@@ -42,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from prefrestore.core import atomic
+from prefrestore.core.config import check_range
 
 REASONS = ("empty", "not_an_image", "too_large", "too_small", "truncated", "corrupt", "aspect")
 
@@ -112,6 +114,20 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """Params section ``image_limits``: the one input limit of every image a model is asked to
+    restore (``prefrestore restore``, the served model, ``evaluate``), read from the header before a
+    pixel is decoded. (Ingest's stricter thresholds are training-data policy: ``ingest``.)"""
+
+    max_pixels: int  # refuse an image whose header claims more pixels
+    min_side: int  # refuse an image whose shorter side is below this
+
+    def __post_init__(self) -> None:
+        check_range("image_limits.max_pixels", self.max_pixels, 1, 1 << 31)
+        check_range("image_limits.min_side", self.min_side, 1, 4096)
 
 
 def load_rgb(

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from prefrestore.core import atomic, integrity, tracking
 from prefrestore.core.config import Params, check_range
-from prefrestore.core.images import BadImage, load_rgb, save_png
+from prefrestore.core.images import BadImage, ImageLimits, load_rgb, save_png
 from prefrestore.core.weights import MissingWeights
 from prefrestore.metrics import get as get_metrics
 from prefrestore.metrics.base import BuildContext, MetricSpec, Scorer, Unavailable
@@ -83,6 +83,7 @@ class Benchmark:
     rows: pd.DataFrame  # id, lq_path, hq_path (paired), caption (optional)
     paired: bool
     has_captions: bool
+    limits: ImageLimits | None = None  # the served model's input limit (params image_limits), applied on decode
 
 
 def load_benchmark(root: Path, max_images: int | None = None) -> Benchmark:
@@ -170,8 +171,9 @@ class MetricSet:
 
 
 def _decode(bench: Benchmark, row: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
-    lq = load_rgb(bench.root / str(row["lq_path"]))
-    hq = load_rgb(bench.root / str(row["hq_path"])) if bench.paired else None
+    lim = {"max_pixels": bench.limits.max_pixels, "min_side": bench.limits.min_side} if bench.limits else {}
+    lq = load_rgb(bench.root / str(row["lq_path"]), **lim)
+    hq = load_rgb(bench.root / str(row["hq_path"]), **lim) if bench.paired else None
     if hq is not None and lq.shape != hq.shape:
         raise PairingError(f"benchmark {bench.name}, id {row['id']}: LQ {lq.shape} and HQ {hq.shape} sizes differ")
     return lq, hq
@@ -364,7 +366,9 @@ def run(params: Params, inputs: Mapping[str, Path], out: Path, *, restore_fn: Re
     missing = [b for b in cfg.benchmarks if not (bench_root / b / "manifest.parquet").is_file()]
     if missing:
         raise FileNotFoundError(f"benchmarks {missing} not found under {bench_root} (each needs manifest.parquet)")
-    benches = [load_benchmark(bench_root / b, cfg.max_images) for b in cfg.benchmarks]
+    limits = params.section("image_limits", ImageLimits)
+    benches = [dataclasses.replace(load_benchmark(bench_root / b, cfg.max_images), limits=limits)
+               for b in cfg.benchmarks]
     model_dir = Path(inputs["model"])
     if (model_dir / "MLmodel").is_file():  # a registered model (downloaded MLflow folder): verify it first
         model_dir = integrity.mlflow_model_dir(model_dir)

@@ -110,9 +110,9 @@ STEPS: tuple[Step, ...] = (
          ("faces", "captions", "base"), (), ("data", "model", "degrade", "flow", "restore", "rewards", "stage2"), True,
          _stage2),
     Step("evaluate", "Evaluate a model on the registered benchmarks with the paper's metrics.",
-         ("model", "benchmarks"), ("baseline",), ("data", "evaluate"), True, _evaluate),
+         ("model", "benchmarks"), ("baseline",), ("data", "evaluate", "image_limits"), True, _evaluate),
     Step("register", "Register the fidelity/quality variants in MLflow and promote them through gates.",
-         ("fidelity", "quality", "reports"), (), ("register",), False, _register),
+         ("fidelity", "quality", "reports"), (), ("register", "image_limits"), False, _register),
 )
 
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}

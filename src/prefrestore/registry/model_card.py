@@ -24,8 +24,8 @@ VARIANT_PURPOSE = {
 KNOWN_LIMITS = (
     "Input must be an aligned face crop (FFHQ-style, roughly square). No face detector or aligner is "
     "shipped: whole photos wider than `register.max_aspect` are refused, and a non-square crop is "
-    "centre-cropped before restoration. Images over `register.max_pixels` pixels (checked from the header, "
-    "before decoding) or with a shorter side below `register.min_side` are refused.",
+    "centre-cropped before restoration. Images over `image_limits.max_pixels` pixels (checked from the header, "
+    "before decoding) or with a shorter side below `image_limits.min_side` are refused.",
     "Trained on synthetic degradations (Eq. 16: blur, downsampling, noise, JPEG); real-world degradations "
     "outside that family (heavy compression artefacts of other codecs, occlusions, extreme poses) may fail.",
     "Generative restoration can hallucinate details; the `quality` variant trades identity fidelity (higher "

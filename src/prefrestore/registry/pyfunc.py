@@ -17,8 +17,8 @@ Inputs go through the project's one decoder (:func:`prefrestore.core.images.load
 policy (:func:`prefrestore.core.images.fit_square`): any mode is accepted, non-square faces are
 centre-cropped, and photos wider than ``max_aspect`` are refused (no face detector is shipped, so
 whole unaligned photos must be cropped to the face first). Sizes are checked from the image header
-before any pixel is decoded: more than ``register.max_pixels`` pixels, or a shorter side below
-``register.min_side``, is refused. A refused input raises :class:`InvalidInput`, an
+before any pixel is decoded: more than ``image_limits.max_pixels`` pixels, or a shorter side below
+``image_limits.min_side``, is refused. A refused input raises :class:`InvalidInput`, an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: ``mlflow models serve`` answers it with HTTP 400
 and the message, and keeps serving.
 """

@@ -67,6 +67,7 @@ from typing import Any
 
 from prefrestore.core import atomic, integrity, tracking
 from prefrestore.core.config import PROJECT_ROOT, Params, as_dict, check_range
+from prefrestore.core.images import ImageLimits
 from prefrestore.registry import gates, model_card
 from prefrestore.registry import pyfunc as pyfunc_model
 from prefrestore.registry.gates import VariantGate
@@ -93,8 +94,6 @@ class RegisterConfig:
     max_settle_rounds: int  # alias write/read rounds before settling gives up (concurrency)
     default_seed: int  # sampling seed of `prefrestore restore` and the pyfunc when none is given
     max_aspect: float  # restore refuses photos whose side ratio exceeds this (no face detector)
-    max_pixels: int  # restore and the served model refuse inputs whose header claims more pixels (before decoding)
-    min_side: int  # restore and the served model refuse inputs whose shorter side is below this
     batch_size: int  # faces per restore call (pyfunc predict and `prefrestore restore`)
     starting_weights: str  # what the model was initialised from, with licences (model card)
 
@@ -109,8 +108,6 @@ class RegisterConfig:
         check_range("register.max_promotion_rounds", self.max_promotion_rounds, 1, 100)
         check_range("register.max_settle_rounds", self.max_settle_rounds, 2, 1000)
         check_range("register.max_aspect", self.max_aspect, 1.0, 10.0)
-        check_range("register.max_pixels", self.max_pixels, 1, 1 << 31)
-        check_range("register.min_side", self.min_side, 1, 4096)
         check_range("register.batch_size", self.batch_size, 1, 4096)
         check_range("register.default_seed", self.default_seed, 0, 2**31 - 1)
 
@@ -374,6 +371,7 @@ def register_candidate(
     metrics: Mapping[str, float | str],
     tags: Mapping[str, str],
     loader: pyfunc_model.Loader,
+    limits: ImageLimits,
 ) -> tuple[int, bool]:
     """Log and register one candidate, or find it already registered. Returns (version, created)."""
     import mlflow
@@ -387,7 +385,7 @@ def register_candidate(
     requirements = [f"mlflow=={mlflow.__version__}", "prefrestore", "torch", "numpy", "pandas", "pillow"]
     with tempfile.TemporaryDirectory(prefix="prefrestore-register-") as staging:
         staged = pyfunc_model.stage_model_dir(Path(model_dir), Path(staging))
-        config = pyfunc_model.model_config(variant, cfg.default_seed, cfg.max_aspect, cfg.max_pixels, cfg.min_side,
+        config = pyfunc_model.model_config(variant, cfg.default_seed, cfg.max_aspect, limits.max_pixels, limits.min_side,
                                            cfg.batch_size, staged, loader)
         info = pyfunc_model.log_pyfunc(variant, staged, config, requirements)
     version_tags = {
@@ -434,6 +432,7 @@ def run(
     from mlflow import MlflowClient
 
     cfg = params.section("register", RegisterConfig)
+    limits = params.section("image_limits", ImageLimits)
     missing = [k for k in (*VARIANTS, "reports") if k not in inputs]
     if missing:
         raise ValueError(f"register: missing inputs {missing}")
@@ -456,7 +455,7 @@ def run(
         for variant in VARIANTS:
             name = cfg.models[variant]
             version, created = register_candidate(
-                client, cfg, variant, Path(inputs[variant]), metrics[variant], tags, loader)
+                client, cfg, variant, Path(inputs[variant]), metrics[variant], tags, loader, limits)
             result = promote(client, name, version, metrics[variant], cfg.gates[variant], cfg)
             mv = client.get_model_version(name, str(version))
             record = {
