@@ -27,8 +27,9 @@ setup: $(STAMP)  ## create .venv (package + pipeline, dev and dist extras) and .
 demo: setup  ## run the whole pipeline on the tiny profile (embedded SQLite MLflow)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/prefrestore demo
 
-test: setup  ## run the test suite (slow and GPU tests excluded)
+test: setup  ## run the test suite (slow and GPU tests excluded); under CI=true also the kfp.local pipeline job
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q
+	@if [ "$${CI:-}" = "true" ]; then $(MAKE) --no-print-directory test-kfp; fi
 
 test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"
