@@ -147,14 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", help="only this section")
     p.add_argument("--list", action="store_true", help="list the profiles")
     p.set_defaults(handler=_params_cmd)
-    from prefrestore.cli import weights as weights_cli  # `prefrestore weights plan|verify [--require]`
+    from prefrestore.cli import restore, weights  # `prefrestore weights ...`, `prefrestore restore ...`
 
-    weights_cli.add_parser(sub)
-    from prefrestore.cli import (
-        restore as restore_cli,  # `prefrestore restore INPUT... --variant ... --out DIR`
-    )
-
-    restore_cli.add_parser(sub)
+    weights.add_parser(sub)
+    restore.add_parser(sub)
     p = sub.add_parser("model-info", help="Parameter counts and shapes of a profile's model (meta device).")
     p.add_argument("--profile", help="params.yaml profile (default: the file's 'profile' key)")
     p.add_argument("--plan", action="store_true",
