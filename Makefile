@@ -35,7 +35,7 @@ test-all: setup  ## run every test, slow ones included
 	$(VENV)/bin/pytest -q -m "not gpu"
 
 test-kfp: setup  ## the training pipeline through kfp.local with the real tiny steps (slow: 14 min on 2 shared cores)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m slow tests/pipeline/test_pipelines.py::test_local_run_tiny_real_steps
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m slow tests/pipeline/test_kfp_local.py::test_local_run_tiny_real_steps
 
 lint: setup  ## ruff, the import contracts, and the manifests vs the Kubernetes/Kubeflow schemas, hadolint, checkov
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.faces import face_like
 
 from prefrestore.core import images
 from prefrestore.core.config import load
@@ -15,22 +16,12 @@ from prefrestore.data.degrade import step as degrade_step
 from prefrestore.data.degrade.direct import DegradeConfig, DegradeParams, degrade
 
 
-def _face(size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.stack([xx, yy, 1 - xx * yy], axis=2) * 160
-    for _ in range(5):
-        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
-    return img.astype(np.uint8)
-
-
 def make_faces(root: Path, n: int = 12, n_test: int = 3, size: int = 64) -> Path:
     """An ingested-style faces folder: images/<id>.png + manifest.parquet (id, path, split)."""
     rows = []
     for i in range(n):
         sid = f"face_{i:03d}"
-        images.save_png(root / "images" / f"{sid}.png", _face(size, i))
+        images.save_png(root / "images" / f"{sid}.png", face_like(size, i))
         rows.append({"id": sid, "path": f"images/{sid}.png", "split": "test" if i < n_test else "train"})
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
     return root
@@ -111,7 +102,7 @@ def test_bad_faces_input(tmp_path: Path, tiny_params) -> None:
 def test_benchmark_from_plain_folder(tmp_path: Path, tiny_params) -> None:
     folder = tmp_path / "plain"
     for i in range(3):
-        images.save_png(folder / f"p{i}.png", _face(64, 100 + i))
+        images.save_png(folder / f"p{i}.png", face_like(64, 100 + i))
     cfg = tiny_params.section("degrade", DegradeConfig)
     meta = degrade_step.synthesize_benchmark("mine", folder, tmp_path / "b", cfg, 64)
     again = degrade_step.synthesize_benchmark("mine", folder, tmp_path / "b2", cfg, 64)
@@ -125,7 +116,7 @@ def test_benchmark_from_plain_folder(tmp_path: Path, tiny_params) -> None:
 def test_register_real_benchmark(tmp_path: Path) -> None:
     lq = tmp_path / "lq"
     for i in range(3):
-        images.save_png(lq / f"x{i}.png", _face(32, i))
+        images.save_png(lq / f"x{i}.png", face_like(32, i))
     (lq / "broken.png").write_bytes(b"not an image")
     (lq / "notes.txt").write_text("ignored")
     meta = benchmarks_data.register_benchmark("wider_test", lq, None, tmp_path / "bench")
@@ -136,7 +127,7 @@ def test_register_real_benchmark(tmp_path: Path) -> None:
     assert again["skipped_run"]
     hq = tmp_path / "hq"
     for i in range(3):
-        images.save_png(hq / f"x{i}.png", _face(32, 50 + i))
+        images.save_png(hq / f"x{i}.png", face_like(32, 50 + i))
     with pytest.raises(ValueError, match="no HQ"):  # broken.png has no HQ partner
         benchmarks_data.register_benchmark("paired", lq, hq, tmp_path / "bench")
     (lq / "broken.png").unlink()

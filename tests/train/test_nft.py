@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from prefrestore.core.config import ConfigError
-from prefrestore.train.nft import Stage2Config, advantages, nft_loss, old_policy_decay
+from prefrestore.train.nft import Stage2Config
+from prefrestore.train.nft_objective import advantages, nft_loss, old_policy_decay
 
 # ---------------------------------------------------------------------------------------------- Eq. 12
 

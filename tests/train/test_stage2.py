@@ -21,7 +21,8 @@ from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.restore import Restorer
 from prefrestore.train import stage2 as train_stage2
-from prefrestore.train.nft import Stage2Config, collect_rollouts, group_std, nft_epoch
+from prefrestore.train.nft import Stage2Config, collect_rollouts, nft_epoch
+from prefrestore.train.nft_objective import group_std
 from prefrestore.train.rewards import RewardsConfig, build_scorers
 from prefrestore.train.rollout_shards import GroupShard
 
