@@ -65,9 +65,125 @@ def test_verify_profile_fails_on_config_and_shape_disagreements(
 
 def test_verify_profile_on_a_random_init_profile_has_nothing_to_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", "verify", "--profile", "tiny"]) == 0
-    assert "nothing to verify" in capsys.readouterr().out
+    assert "no model part to verify" in capsys.readouterr().out
 
 
 def test_manifests_check_is_clean_and_names_unknown_parts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", "manifests", "--check", "qwen3-0.6b", "ta-tok", "dc-ae-f32c32"]) == 0
     assert main(["weights", "manifests", "--check", "no-such-part"]) == 2
+
+
+# ------------------------------------------------------------------ --aux: captioner, rewards, metric files
+def _hub_folder(hf_home: Path, repo: str) -> Path:
+    base = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text("0123abcd")
+    return base / "snapshots" / "0123abcd"
+
+
+def _published_config(part_name: str, **override: object) -> dict:
+    """config.json as the hub publishes it: Qwen2.5-VL keeps text keys at the top level; CLIP nests both."""
+    from prefrestore.model.parts import PARTS
+
+    values = {**PARTS[part_name].values(), **override}
+    out: dict = {"text_config": {}, "vision_config": {}}
+    for key, v in values.items():
+        head, _, leaf = key.partition(".")
+        if head == "vision":
+            out["vision_config"][leaf] = v
+        elif head == "text" and part_name.startswith("qwen2.5-vl"):
+            out[leaf] = v
+        elif head == "text":
+            out["text_config"][leaf] = v
+        else:
+            out[key] = v
+    return out
+
+
+@pytest.fixture()
+def hub(staged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Full-size, real-layout (sparse) Qwen2.5-VL-32B (18 shards), CLIP ViT-L/14 and PickScore in an HF cache."""
+    from helpers.sparse_checkpoints import sparse_safetensors_folder
+
+    from prefrestore.model.parts import PARTS, manifest_tensors, read_manifest
+
+    hf_home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    for name, shards in (("qwen2.5-vl-32b-instruct", 18), ("clip-vit-large-patch14", 1), ("pickscore-v1", 1)):
+        repo = PARTS[name].weight.source.removeprefix("hf:")
+        sparse_safetensors_folder(_hub_folder(hf_home, repo), manifest_tensors(read_manifest(name)),
+                                  _published_config(name), shards)
+    return hf_home
+
+
+AUX = ["qwen2.5-vl-32b-instruct", "clip-vit-large-patch14", "pickscore-v1"]
+
+
+def test_verify_aux_passes_on_full_size_hub_checkpoints(hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prefrestore.model.parts import read_manifest
+
+    assert main(["weights", "verify", "--profile", "stand_in", "--aux", *AUX]) == 0
+    out = capsys.readouterr().out
+    for name in AUX:
+        row = next(x for x in out.splitlines() if x.startswith(name)).split()
+        assert row[1:4] == ["weights", str(read_manifest(name)["num_tensors"]), "0"] and row[4:] == ["0"] * 4, row
+
+
+def test_verify_aux_reports_shape_key_and_config_gaps(hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    from helpers.sparse_checkpoints import sparse_safetensors_folder
+
+    from prefrestore.model.parts import manifest_tensors, read_manifest
+
+    folder = _hub_folder(hub / "x", "openai/clip-vit-large-patch14")  # rebuilt below in place of the good one
+    good = hub / "hub" / "models--openai--clip-vit-large-patch14" / "snapshots" / "0123abcd"
+    tensors = manifest_tensors(read_manifest("clip-vit-large-patch14"))
+    tensors.pop("text_projection.weight")
+    tensors["visual_projection.weight"] = ((768, 1280), "F32")
+    tensors["logit_bias"] = ((1,), "F32")
+    sparse_safetensors_folder(folder, tensors, _published_config("clip-vit-large-patch14", projection_dim=1024))
+    for f in good.iterdir():
+        f.unlink()
+    for f in folder.iterdir():
+        f.rename(good / f.name)
+    assert main(["weights", "verify", "--profile", "stand_in", "--aux", "clip-vit-large-patch14"]) == 1
+    out = capsys.readouterr().out
+    assert "clip-vit-large-patch14: missing: text_projection.weight" in out
+    assert "clip-vit-large-patch14: unexpected: logit_bias" in out
+    assert "clip-vit-large-patch14: shape: visual_projection.weight: manifest [768, 1024], file has [768, 1280]" in out
+    assert "clip-vit-large-patch14: config: projection_dim: part 768, file 1024" in out
+    # a shard named by the index but cut short: one line naming the file and the key
+    shard = next((hub / "hub" / "models--Qwen--Qwen2.5-VL-32B-Instruct" / "snapshots" / "0123abcd").glob("*-00007-*"))
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size - 2)
+    assert main(["weights", "verify", "--profile", "stand_in", "--aux", "qwen2.5-vl-32b-instruct"]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("qwen2.5-vl-32b-instruct"))
+    assert "error:" in line and shard.name in line and "truncated: key '" in line
+    assert _json.loads((good / "config.json").read_text())["projection_dim"] == 1024
+
+
+def test_verify_aux_names_an_unknown_part(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "verify", "--profile", "stand_in", "--aux", "no-such-part"]) == 2
+    assert "unknown part(s) ['no-such-part']" in capsys.readouterr().err
+
+
+def test_verify_aux_alone_checks_metric_files_on_a_random_init_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--profile tiny --aux ...``: no model part, but the named metric files are still checked."""
+    import torch
+    from pyiqa.archs.lpips_arch import NetLinLayer
+    from torch import nn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "pyiqa"
+    folder.mkdir(parents=True)
+    lins = nn.ModuleDict({f"lin{i}": NetLinLayer(c, use_dropout=True) for i, c in enumerate([64, 192, 384, 256, 256])})
+    torch.save(lins.state_dict(), folder / "LPIPS_v0.1_alex-df73285e.pth")
+    assert main(["weights", "verify", "--profile", "tiny", "--aux", "pyiqa-lpips-alex"]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("pyiqa-lpips-alex"))
+    assert row.split()[1:] == ["weights", "5", "0", "0", "0", "0", "0"]
+    assert main(["weights", "verify", "--profile", "tiny", "--aux", "pyiqa-lpips-alex", "pyiqa-musiq-koniq"]) == 1
+    out = capsys.readouterr().out
+    row = next(x for x in out.splitlines() if x.startswith("pyiqa-musiq-koniq"))
+    assert row.split()[1] == "error:" and row.endswith("musiq_koniq_ckpt-e95806b9.pth: file not found")

@@ -165,17 +165,22 @@ def cmd_verify_profile(args: argparse.Namespace) -> int:
 
     from prefrestore.core.config import load
     from prefrestore.model.config import ModelConfig
-    from prefrestore.model.parts import PARTS
-    from prefrestore.model.verify import table, verify_aux, verify_model
+    from prefrestore.model.verify import Result, table, verify_aux, verify_model
 
     t0 = time.perf_counter()
     params = load(args.profile)
     cfg = params.section("model", ModelConfig)
+    parts = all_parts()
+    unknown = sorted(set(args.aux) - set(parts))
+    if unknown:
+        print(f"error: --aux: unknown part(s) {unknown}; known: {', '.join(parts)}", file=sys.stderr)
+        return 2
     if cfg.init == "random":
-        print(f"profile '{args.profile}' starts from random weights (model.init: random): nothing to verify")
-        return 0
-    result = verify_model(cfg)
-    aux = {name: verify_aux(PARTS[name]) for name in args.aux}
+        print(f"profile '{args.profile}' starts from random weights (model.init: random): no model part to verify")
+        if not args.aux:
+            return 0
+    result = verify_model(cfg) if cfg.init != "random" else Result({}, {}, {}, None)
+    aux = {name: verify_aux(parts[name]) for name in args.aux}
     print(f"profile '{args.profile}': model.init = {cfg.init}; store = {root_dir('store')}")
     print("\n".join(table(result, aux)))
     ok = result.ok and all(rep is not None and rep.ok for rep, _ in aux.values())
@@ -183,21 +188,30 @@ def cmd_verify_profile(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_manifests(args: argparse.Namespace) -> int:
-    """Regenerate ``model/manifests/*.json`` from the public classes on meta (``--check``: compare only)."""
-    from prefrestore.model.parts import PARTS, stale_manifests, write_manifests
+def all_parts() -> dict[str, Any]:
+    """Every public part with a manifest: the model's and captioner/rewards' (``model.parts``), the metrics' weights."""
+    from prefrestore.evaluation.metric_weights import PARTS as METRIC_PARTS
+    from prefrestore.model.parts import PARTS
 
-    names = args.parts or list(PARTS)
-    unknown = sorted(set(names) - set(PARTS))
+    return {**PARTS, **METRIC_PARTS}
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    """Regenerate ``model/manifests`` and ``evaluation/manifests`` from the public classes on meta (``--check``: compare)."""
+    from prefrestore.model.parts import stale_manifests, write_manifests
+
+    parts = all_parts()
+    names = args.parts or list(parts)
+    unknown = sorted(set(names) - set(parts))
     if unknown:
-        print(f"error: unknown part(s) {unknown}; known: {', '.join(PARTS)}", file=sys.stderr)
+        print(f"error: unknown part(s) {unknown}; known: {', '.join(parts)}", file=sys.stderr)
         return 2
     if args.check:
-        stale = stale_manifests(names)
+        stale = stale_manifests(parts, names)
         for name in stale:
             print(f"stale: {name} (run `prefrestore weights manifests {name}`)")
         return 1 if stale else 0
-    for path in write_manifests(names):
+    for path in write_manifests(parts, names):
         print(f"wrote {path}")
     return 0
 
@@ -222,9 +236,10 @@ def add_parser(sub: Any) -> None:
                                       "(safetensors headers, ta_tok.pth memory-mapped); exit 1 on any gap")
     pv.add_argument("--aux", nargs="*", default=[], metavar="PART",
                     help="with --profile: also check these parts against their manifests (e.g. qwen2.5-vl-32b-instruct "
-                         "clip-vit-large-patch14 pickscore-v1 hpsv2.1)")
+                         "clip-vit-large-patch14 pickscore-v1 hpsv2.1, and the metric files pyiqa-musiq-koniq ...; "
+                         "`weights manifests --check` lists every name)")
     pv.set_defaults(handler=_verify)
-    pm = wsub.add_parser("manifests", help="regenerate the public-checkpoint manifests (model/manifests/*.json)")
+    pm = wsub.add_parser("manifests", help="regenerate the public-checkpoint manifests (model/manifests, evaluation/manifests)")
     pm.add_argument("parts", nargs="*", help="part names (default: all)")
     pm.add_argument("--check", action="store_true", help="exit 1 if a committed manifest differs from a fresh build")
     pm.set_defaults(handler=cmd_manifests)

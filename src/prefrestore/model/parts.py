@@ -28,7 +28,7 @@ from prefrestore.model.headers import TensorInfo, dtype_name
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 MANIFEST_FORMAT = "prefrestore-manifest/1"
-Layout = Literal["safetensors_folder", "ta_tok_pth", "torch_state_dict"]
+Layout = Literal["safetensors_folder", "ta_tok_pth", "torch_state_dict", "torch_tensor", "npz"]
 
 # Public code the facts below were read from (commits of the snapshots read for issue 17).
 TAR = {"repo": "csuhan/Tar", "commit": "47da8e15ee715b7efac7e97b4dc4da98145741eb"}
@@ -39,6 +39,9 @@ SANA_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_sana_t
 DCAE_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_dcae_to_diffusers.py",
                 "commit": "074817cfdcc1af232610673ec560ebe3b4bcbe07"}
 UNVERIFIED = "unverified: not found in a public file read for this project; `weights verify` checks the real file"
+SECONDARY = "secondary (a public copy or a sibling model's config, not the publisher's file); `weights verify` checks the real file"
+OMNISERVE = {"repo": "NAVER-Cloud-HyperCLOVA-X/OmniServe", "path": "model_converter/converter.py",
+             "commit": "ae0d33fe61773e099b5c221afed4bc23949181ed"}
 
 
 def value(v: Any, source: str) -> dict[str, Any]:
@@ -57,6 +60,8 @@ class Part:
     dtype: str  # published dtype of the weights ("unknown" where no public file says)
     build: Callable[[Mapping[str, Any]], dict[str, TensorInfo]]  # config values -> {name: (shape, dtype)}
     notes: tuple[str, ...] = ()  # layout facts a reader needs (ignored keys, renames)
+    state_key: str | None = None  # torch_state_dict: the file's state dict sits under this key (pyiqa weight_keys)
+    manifest_dir: Path = MANIFEST_DIR  # where its committed manifest lives
 
     def values(self) -> dict[str, Any]:
         return {k: v["value"] for k, v in self.config.items()}
@@ -65,7 +70,8 @@ class Part:
         tensors = self.build(self.values())
         return {"format": MANIFEST_FORMAT, "part": self.name, "title": self.title,
                 "store": {"root": self.weight.root, "relpath": self.weight.relpath, "subfolder": self.subfolder,
-                          "layout": self.layout, "source": self.weight.source},
+                          "layout": self.layout, "source": self.weight.source,
+                          **({"state_key": self.state_key} if self.state_key else {})},
                 "code": dict(self.code), "config": {k: dict(v) for k, v in self.config.items()},
                 "dtype": self.dtype, "notes": list(self.notes), "num_tensors": len(tensors),
                 "num_parameters": sum(_numel(s) for s, _ in tensors.values()),
@@ -215,13 +221,15 @@ TA_TOK_CONFIG = {
                                        "patch_size, num_hidden_layers, num_channels, hidden_size"),
     "decoder.num_attention_heads": value(12, "transformers Siglip2VisionConfig default (see decoder.intermediate_size)"),
     "decoder.num_patches": value(256, "transformers Siglip2VisionConfig default (see decoder.intermediate_size)"),
-    "bottleneck_dim": value(1536, "inferred: Tar's scripts/Tar_1.5B_pretrain_demo.sh passes "
-                            "--load_embeddings_from_vision True with Qwen2.5-1.5B (H = 1536), and llava_arch.py copies "
-                            "the codebook only when the widths match; " + UNVERIFIED),
+    "bottleneck_dim": value(1536, "Tar's tok/ta_tok.py reads it from the checkpoint's args; Tar's "
+                            "scripts/Tar_1.5B_pretrain_demo.sh loads the codebook into Qwen2.5-1.5B (H = 1536), which "
+                            "llava_arch.py does only when the widths match; OmniServe converter.py (commit ae0d33f) "
+                            "writes ta_tok.pth args with bottleneck_dim 1536; " + SECONDARY),
     "codebook_size": value(65536, "csuhan/Tar README.md model table (Codebook Size 65536)"),
-    "l2_normalized": value(True, "inferred: BLIP3o-NEXT's ta_tok_encoder.py calls set_eval_deterministic, which acts "
-                           "only when stochastic=True, and SimVectorQuantizer asserts l2_normalized for stochastic; "
-                           + UNVERIFIED),
+    "l2_normalized": value(True, "BLIP3o-NEXT's ta_tok_encoder.py calls set_eval_deterministic, which acts only "
+                           "when stochastic=True, and SimVectorQuantizer asserts l2_normalized for stochastic; OmniServe "
+                           "converter.py (commit ae0d33f) writes l2_normalized True, stochastic True, "
+                           "stochastic_temperature 0.03; " + SECONDARY),
     "select_layer_id": value(-2, "tok/ta_tok.py default; BLIP3o-NEXT --mm_vision_select_layer -2"),
     "input_size": value(384, "tok/ta_tok.py default input_size=384"),
 }
@@ -268,10 +276,14 @@ TA_TOK = Part(
 )
 
 # ------------------------------------------------------------------ BLIP3o-NEXT-SFT-3B
-NEXT_SRC = ("assumed Qwen3-1.7B shapes: BLIP3o-NEXT's Qwen3 has H = 2048 (zjYao36/Pref_Restore blip3o_arch.py "
-            "comment 'config.hidden_size ... 2048'); " + UNVERIFIED)
+NEXT_SRC = ("Qwen3-1.7B shapes: BLIP3o-NEXT's Qwen3 has H = 2048 (zjYao36/Pref_Restore blip3o_arch.py:37 comment "
+            "'config.hidden_size ... 2048'; blip3o_qwen.py subclasses Qwen3ForCausalLM), and among Qwen3 LMs only 1.7B "
+            "has H = 2048; the 2048/6144/28/16/8/128/tied text shapes as quoted for Qwen3-VL-2B in "
+            "xorbitsai/inference issue 4592; " + SECONDARY)
 NEXT_VOCAB_SRC = ("151669 Qwen3 tokens + <im_start>, <im_end> + <S0..S2> + <I0..I65535>: blip3o_arch.py "
-                  "initialize_vision_tokenizer resizes to len(tokenizer) + new tokens; " + UNVERIFIED)
+                  "initialize_vision_tokenizer resizes to len(tokenizer) + new tokens; zjYao36/Pref_Restore "
+                  "blip3o/data/dataset.py:87 comments that '<image>', added on top of the SFT-3B tokenizer, gets id "
+                  "217210 (and :139 <im_start> 151669, <im_end> 151670)")
 BLIP3O_NEXT_CONFIG = {
     **_qwen3_config(NEXT_SRC, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=1000000.0,
@@ -328,7 +340,9 @@ SIGLIP2 = Part(
                {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}.items()},
             "text.vocab_size": value(256000, "SigLIP2's Gemma tokenizer: google/siglip2-base-patch16-512 config.json "
                                      "(mirror in JackIsNotInTheBox/Generate_Audio_for_Video_Checkpoints)"),
-            "text.max_position_embeddings": value(64, "transformers SiglipTextConfig default; " + UNVERIFIED)},
+            "text.max_position_embeddings": value(64, "transformers SiglipTextConfig default; the kvmm package's "
+                                                 "SigLIP2So400mP14 config (max_sequence_length 64, vocabulary 256000; "
+                                                 "pypi kvmm 0.1.8 kvmm/models/siglip2/config.py); " + SECONDARY)},
     dtype="F32", build=lambda c: siglip_tensors(c, "F32"),
     notes=("not loaded by any profile: TA-Tok's encoder.* replaces it (from_checkpoint loads it strict)",),
 )
@@ -343,6 +357,10 @@ def siglip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
 
 
 # ------------------------------------------------------------------ captioner and reward / metric backbones
+QWEN25_32B_SRC = ("Qwen2.5-32B-Instruct text config (huggingface.co/GAIR/LIMO config.json, built on it) and a public "
+                  "copy of huggingface.co/Qwen/Qwen2.5-VL-32B-Instruct/raw/main/config.json; " + SECONDARY)
+
+
 def _hf_weight(name: str, repo: str, used_by: str) -> WeightFile:
     return WeightFile(name, "hf", f"hub/models--{repo.replace('/', '--')}", None, used_by, f"hf:{repo}")
 
@@ -371,15 +389,17 @@ QWEN25VL_32B = Part(
     layout="safetensors_folder", subfolder="",
     code={"repo": "huggingface/transformers", "path": "src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py",
           "class": "Qwen2_5_VLForConditionalGeneration"},
-    config={"text.vocab_size": value(152064, UNVERIFIED), "text.hidden_size": value(5120, UNVERIFIED),
-            "text.intermediate_size": value(27648, UNVERIFIED),
+    config={"text.vocab_size": value(152064, QWEN25_32B_SRC), "text.hidden_size": value(5120, QWEN25_32B_SRC),
+            "text.intermediate_size": value(27648, QWEN25_32B_SRC),
             "text.num_hidden_layers": value(64, "Qwen2.5-32B model card: 64 layers (ZHUI/paddlenlp_model_readme)"),
             "text.num_attention_heads": value(40, "Qwen2.5-32B model card: 40 query heads (GQA)"),
             "text.num_key_value_heads": value(8, "Qwen2.5-32B model card: 8 KV heads (GQA)"),
-            "text.tie_word_embeddings": value(False, UNVERIFIED),
+            "text.tie_word_embeddings": value(False, "Qwen2.5-32B-Instruct text configs (GAIR/LIMO config.json: "
+                                              "tie_word_embeddings false); for the VL-32B itself " + UNVERIFIED),
             "vision.depth": value(32, "Qwen2.5-VL vision config (acproject/duorou docs/qwen2.5vl_graph.md: 32 blocks)"),
             "vision.hidden_size": value(1280, "Qwen2.5-VL vision config (duorou graph: width 1280)"),
-            "vision.intermediate_size": value(3456, UNVERIFIED + " (the 7B model's tower uses 3420)"),
+            "vision.intermediate_size": value(3456, "a public copy of the VL-32B config.json; " + SECONDARY
+                                              + " (the 7B model's tower uses 3420)"),
             "vision.num_heads": value(16, "Qwen2.5-VL vision config (sgl-jax QwenVLModelVitConfig num_heads 16)"),
             "vision.out_hidden_size": value(5120, "equals text.hidden_size (the merger projects into the LM)"),
             "vision.fullatt_block_indexes": value([7, 15, 23, 31], "sgl-jax QwenVLModelVitConfig")},
@@ -413,7 +433,10 @@ CLIP_L14 = Part(
     weight=_hf_weight("clip-vit-large-patch14", "openai/clip-vit-large-patch14", "clip_score, clipscore_i/t, reward clip"),
     layout="safetensors_folder", subfolder="",
     code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
-    config=_clip_config("ViT-L/14 of the CLIP paper (Radford et al. 2021, Table 20); " + UNVERIFIED,
+    config=_clip_config("openai/clip-vit-large-patch14 config.json as copied in kohya-ss/musubi-tuner "
+                        "hunyuan_model/text_encoder.py CLIP_CONFIG (commit 7906419; text, projection 768, float32) and "
+                        "kakaobrain/karlo-v1-alpha-image-variations image_encoder/config.json (vision 1024/4096/24/16, "
+                        "224 px, patch 14); ViT-L/14 of the CLIP paper (Radford et al. 2021, Table 20)",
                         768, (768, 3072, 12, 12), (1024, 4096, 24, 16)),
     dtype="F32", build=lambda c: clip_tensors(c, "F32"),
 )
@@ -423,7 +446,9 @@ PICKSCORE = Part(
     layout="safetensors_folder", subfolder="",
     code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
     config=_clip_config("ViT-H/14 of open_clip (model_configs/ViT-H-14.json: width 1280, 32 layers, text width 1024, "
-                        "24 layers, embed_dim 1024) in HF CLIP form; MLP widths 4x; " + UNVERIFIED,
+                        "24 layers, embed_dim 1024) in HF CLIP form; PickScore_v1 is fine-tuned from "
+                        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K, whose config.json (commit 7198030) gives projection "
+                        "1024, text 1024/4096/24/16, vision 5120/32/16, float32; PickScore's own file " + UNVERIFIED,
                         1024, (1024, 4096, 24, 16), (1280, 5120, 32, 16)),
     dtype="F32", build=lambda c: clip_tensors(c, "F32"),
 )
@@ -458,12 +483,14 @@ def manifest_path(name: str, folder: Path = MANIFEST_DIR) -> Path:
     return folder / f"{name}.json"
 
 
-def write_manifests(names: list[str] | None = None, folder: Path = MANIFEST_DIR) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+def write_manifests(parts: Mapping[str, Part], names: list[str] | None = None) -> list[Path]:
+    """Write each named part's manifest into its ``manifest_dir`` (default: all of ``parts``)."""
     out = []
-    for name in names or list(PARTS):
-        path = manifest_path(name, folder)
-        path.write_text(dump_manifest(PARTS[name].manifest()), encoding="utf-8")
+    for name in names or list(parts):
+        part = parts[name]
+        part.manifest_dir.mkdir(parents=True, exist_ok=True)
+        path = manifest_path(name, part.manifest_dir)
+        path.write_text(dump_manifest(part.manifest()), encoding="utf-8")
         out.append(path)
     return out
 
@@ -490,12 +517,13 @@ def manifest_tensors(data: Mapping[str, Any]) -> dict[str, TensorInfo]:
     return {k: (tuple(s), d) for k, (s, d) in data["tensors"].items()}
 
 
-def stale_manifests(names: list[str] | None = None, folder: Path = MANIFEST_DIR) -> list[str]:
+def stale_manifests(parts: Mapping[str, Part], names: list[str] | None = None) -> list[str]:
     """Parts whose committed manifest differs from a fresh build (empty: all up to date)."""
     stale = []
-    for name in names or list(PARTS):
-        path = manifest_path(name, folder)
+    for name in names or list(parts):
+        part = parts[name]
+        path = manifest_path(name, part.manifest_dir)
         if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != json.loads(
-                json.dumps(PARTS[name].manifest())):
+                json.dumps(part.manifest())):
             stale.append(name)
     return stale
