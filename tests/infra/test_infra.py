@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from prefrestore.core.config import PROJECT_ROOT, load
-from prefrestore.pipeline.launcher import DEEPSPEED_DIR, cluster_config
+from prefrestore.pipeline.launcher import cluster_config
+from prefrestore.train.common import DEEPSPEED_DIR
+from prefrestore.train.stage1 import Stage11Config, Stage12Config
 
 INFRA = PROJECT_ROOT / "infra"
 K8S = INFRA / "k8s"
@@ -215,9 +217,9 @@ def test_dockerfile_is_pinned_non_root_with_pipeline_extra() -> None:
         assert "==" in spec, spec
     ignore = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore, "the build context is allow-listed"
-    assert "!infra/deepspeed/" in ignore  # the launcher points at the configs inside the image:
+    assert "!infra/deepspeed/" in ignore  # the trainer reads the configs beside params.yaml in the image:
     assert "WORKDIR /opt/prefrestore" in text and "COPY infra/deepspeed/ infra/deepspeed/" in text
-    assert DEEPSPEED_DIR == "/opt/prefrestore/infra/deepspeed"
+    assert DEEPSPEED_DIR == PROJECT_ROOT / "infra" / "deepspeed"  # /opt/prefrestore/infra/deepspeed there
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -232,6 +234,7 @@ def test_deepspeed_configs(stage: int) -> None:
 
 def test_every_configured_deepspeed_file_exists() -> None:
     for profile in ("paper", "tiny", "released"):
-        for training in cluster_config(load(profile)).training.values():
-            if training.deepspeed != "none":
-                assert (INFRA / "deepspeed" / f"{training.deepspeed}.json").is_file()
+        for stage, cls in (("stage1_1", Stage11Config), ("stage1_2", Stage12Config)):
+            zero = load(profile).section(stage, cls).deepspeed
+            if zero != "none":
+                assert (INFRA / "deepspeed" / f"{zero}.json").is_file()

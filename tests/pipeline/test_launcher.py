@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prefrestore.core.config import PROJECT_ROOT, ConfigError, load
+from prefrestore.core.config import ConfigError, load
 from prefrestore.pipeline import launcher as L
 
 
@@ -136,16 +136,14 @@ def test_torchrun_runs_the_same_entry_point_with_deepspeed(cluster: L.ClusterCon
     assert {tail[i + 1] for i, t in enumerate(tail) if t == "--in"} == {
         "base=/mnt/data/w/in/base", "captions=/mnt/data/w/in/captions", "faces=/mnt/data/w/in/faces"}
     env = {e["name"]: e for e in m["spec"]["trainer"]["env"]}
-    ds = env[L.DEEPSPEED_ENV]["value"]
-    assert ds.endswith("/zero1.json")
-    assert (PROJECT_ROOT / "infra" / "deepspeed" / Path(ds).name).is_file()  # the image ships it
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == cluster.mlflow_secret
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]  # secrets only by reference
 
 
-def test_no_deepspeed_env_for_plain_ddp(cluster: L.ClusterConfig) -> None:
-    m = L.build_manifest(_spec("trainjob", step="stage2"), cluster)
-    assert L.DEEPSPEED_ENV not in {e["name"] for e in m["spec"]["trainer"]["env"]}
+def test_the_job_carries_no_second_deepspeed_setting(cluster: L.ClusterConfig) -> None:
+    """The pods run ``prefrestore <stage>``, which reads ``<stage>.deepspeed`` from params.yaml itself."""
+    m = L.build_manifest(_spec("trainjob", step="stage1_1"), cluster)
+    assert not any("DEEPSPEED" in e["name"] for e in m["spec"]["trainer"]["env"])
 
 
 def test_pytorchjob_manifest_multi_node(cluster: L.ClusterConfig) -> None:

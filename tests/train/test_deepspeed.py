@@ -24,7 +24,7 @@ from prefrestore.core.config import ConfigError, load
 from prefrestore.pipeline.launcher import cluster_config
 from prefrestore.train import checkpoint
 from prefrestore.train.common import CHECKPOINTS, load_train_config, make_accelerator
-from prefrestore.train.stage1 import Stage12Config
+from prefrestore.train.stage1 import Stage11Config, Stage12Config
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -51,11 +51,11 @@ def test_deepspeed_without_a_launcher_is_a_clear_error(monkeypatch: pytest.Monke
         make_accelerator(_cfg(), 1000)
 
 
-def test_stage2_under_deepspeed_is_refused_at_start_up() -> None:
-    """Stage 2 has no ZeRO path: its launch config says so, and what to use instead, before any pod starts."""
-    params = load("paper").with_overrides({"cluster.training.stage2.deepspeed": "zero2"})
-    with pytest.raises(ConfigError, match=r"stage2.*deepspeed: none"):
-        cluster_config(params)
+def test_deepspeed_has_one_home_in_the_stage_section() -> None:
+    """ZeRO is the stage's own setting (``stage1_x.deepspeed``); the launch config has no second copy of it."""
+    with pytest.raises(ConfigError, match="deepspeed"):
+        cluster_config(load("paper").with_overrides({"cluster.training.stage1_1.deepspeed": "zero1"}))
+    assert load("paper").section("stage1_1", Stage11Config).deepspeed == "zero1"  # released: ZeRO-1
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ name (hash of the pipeline run id and the step, so a retried launcher attaches t
 deadline, and deletes it afterwards according to the stage's ``cleanup`` policy (also when the
 launcher itself fails or is killed). Every node runs the same image and entry point as the rest of
 the pipeline: ``torchrun ... --no-python prefrestore <stage> --profile P --in ... --out ...``,
-with the DeepSpeed ZeRO config of ``infra/deepspeed/`` named by ``$PREFRESTORE_DEEPSPEED_CONFIG``
-(SPEC §3: the released code trains stage 1 with ZeRO-1, bf16, 8 GPUs).
+and the stage reads its own DeepSpeed setting (``stage1_x.deepspeed``, the one home of it) from the
+same ``params.yaml`` (SPEC §3: the released code trains stage 1 with ZeRO-1, bf16, 8 GPUs).
 
 The ``cluster`` section of ``params.yaml`` (:class:`ClusterConfig`) is also what the pipelines read
 for node pools, taints, accelerators, volumes, secrets, deadlines and retries. ``kubernetes`` is
@@ -31,8 +31,6 @@ from prefrestore.core.config import Params, check_range
 from prefrestore.pipeline import steps
 
 JobKind = Literal["trainjob", "pytorchjob"]
-DEEPSPEED_ENV = "PREFRESTORE_DEEPSPEED_CONFIG"
-DEEPSPEED_DIR = "/opt/prefrestore/infra/deepspeed"  # where infra/Dockerfile puts infra/deepspeed/*.json
 RUNTIME_PATCH_MANAGER = "prefrestore.io/launcher"  # owner of the TrainJob's runtimePatches entry
 
 # (group, version, plural, kind) of each job kind's custom resource
@@ -82,7 +80,6 @@ class Training:
     launch: Literal["inline", "trainjob", "pytorchjob"]  # inline: inside the KFP pod
     nnodes: int  # nodes of the launched job
     nproc_per_node: int  # torchrun processes (= GPUs) per node
-    deepspeed: Literal["none", "zero1", "zero2"]  # infra/deepspeed/<name>.json, or none (plain DDP)
     cleanup: Literal["always", "on_success", "never"]  # delete the job when it ends
 
     def __post_init__(self) -> None:
@@ -126,12 +123,6 @@ class ClusterConfig:
         unknown = set(self.training) - gpu
         if unknown:
             raise ValueError(f"training lists non-GPU or unknown steps {sorted(unknown)}")
-        if "stage2" in self.training and self.training["stage2"].deepspeed != "none":
-            raise ValueError(f"training.stage2.deepspeed: {self.training['stage2'].deepspeed} is not supported: "
-                             "stage 2 trains only the LoRA adapters (a few MB of AdamW state, nothing worth "
-                             "sharding) in its own torch.distributed loop that sums their gradients "
-                             "(train/distributed.py), not through accelerate's DeepSpeed engine; "
-                             "set deepspeed: none (plain data parallel)")
         for name, t in self.training.items():
             if t.launch != "inline" and self.gpu_steps[name].count != t.nproc_per_node:
                 raise ValueError(f"{name}: gpu_steps.count ({self.gpu_steps[name].count}) must equal "
@@ -222,10 +213,7 @@ def torchrun_command(spec: JobSpec, training: Training) -> list[str]:
 
 def _pod_parts(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
     gpu = cluster.gpu_steps[spec.step]
-    training = cluster.training[spec.step]
     env = dict(cluster.env())
-    if training.deepspeed != "none":
-        env[DEEPSPEED_ENV] = f"{DEEPSPEED_DIR}/{training.deepspeed}.json"
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     for secret, keys in cluster.secret_env().items():
         for key, var in keys.items():
