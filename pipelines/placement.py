@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefrestore.pipeline.launcher import ClusterConfig, PodSize
+from prefrestore.pipeline.launcher import POD_LABELS, ClusterConfig, PodSize
 
 UID = 1000  # the non-root user of infra/Dockerfile
 LAUNCH_MARGIN_S = 3600  # a launcher pod outlives its job's deadline by this much
@@ -27,7 +27,8 @@ def _common(task: Any, cluster: ClusterConfig, size: PodSize, timeout_s: int, ca
     task.set_caching_options(caching)
     kubernetes.set_timeout(task, timeout_s)
     kubernetes.set_security_context(task, run_as_user=UID, run_as_group=UID, run_as_non_root=True)
-    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "prefrestore")
+    for key, value in POD_LABELS.items():  # the label infra/k8s/base/networkpolicy.yaml admits to MLflow/MinIO
+        kubernetes.add_pod_label(task, key, value)
 
 
 def on_cpu(task: Any, cluster: ClusterConfig, caching: bool) -> Any:

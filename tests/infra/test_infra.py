@@ -2,6 +2,7 @@
 (structure, strict schema round trip through the kubernetes client's models, non-root, pinned
 images, secrets by reference only, least-privilege RBAC, node pools matching params.yaml)."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -238,3 +239,32 @@ def test_every_configured_deepspeed_file_exists() -> None:
             zero = load(profile).section(stage, cls).deepspeed
             if zero != "none":
                 assert (INFRA / "deepspeed" / f"{zero}.json").is_file()
+
+
+def test_tracking_stack_admits_only_the_projects_labelled_pods() -> None:
+    """MLflow and MinIO take ingress only from pods labelled part-of=prefrestore; every pod that talks to
+    them carries that label: KFP step pods, both training-job kinds, the MLflow server and the bucket Job."""
+    from prefrestore.pipeline import launcher as L
+
+    objs = _base_objects()
+    policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
+    for name in ("prefrestore-mlflow", "prefrestore-minio"):
+        (rule,) = policies[name]["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": L.POD_LABELS}}], name  # not {} (= every pod)
+    clients = [o for o in objs if o["kind"] in WORKLOAD_KINDS
+               and o["metadata"]["name"] in ("prefrestore-mlflow", "prefrestore-minio-buckets")]
+    assert len(clients) == 2
+    for o in clients:
+        assert L.POD_LABELS.items() <= o["spec"]["template"]["metadata"]["labels"].items(), o["metadata"]["name"]
+    cluster = cluster_config(load("paper"))
+    spec = L.JobSpec(step="stage1_1", profile="paper", run_id="r", inputs={"faces": "/f"}, out="/o", kind="trainjob")
+    trainjob = L.build_manifest(spec, cluster)
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == L.POD_LABELS
+    pytorchjob = L.build_manifest(dataclasses.replace(spec, kind="pytorchjob"), cluster)
+    assert pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"] == L.POD_LABELS
+    for compiled in (PROJECT_ROOT / "pipelines" / "compiled").glob("*.yaml"):
+        docs = list(yaml.safe_load_all(compiled.read_text()))
+        platform = next(d for d in docs if "platforms" in d)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert platform and all(e["podMetadata"]["labels"] == L.POD_LABELS for e in platform.values()), compiled.name

@@ -31,6 +31,7 @@ from prefrestore.core.config import Params, check_range
 from prefrestore.pipeline import steps
 
 JobKind = Literal["trainjob", "pytorchjob"]
+POD_LABELS = {"app.kubernetes.io/part-of": "prefrestore"}  # infra/k8s/base/networkpolicy.yaml admits these pods
 RUNTIME_PATCH_MANAGER = "prefrestore.io/launcher"  # owner of the TrainJob's runtimePatches entry
 
 # (group, version, plural, kind) of each job kind's custom resource
@@ -255,7 +256,7 @@ def build_manifest(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
     metadata = {
         "name": job_name(spec.run_id, spec.step),
         "namespace": cluster.namespace,
-        "labels": {"app.kubernetes.io/part-of": "prefrestore", "prefrestore.io/step": spec.step},
+        "labels": {**POD_LABELS, "prefrestore.io/step": spec.step},
         "annotations": {"prefrestore.io/run-id": spec.run_id, "prefrestore.io/profile": spec.profile},
     }
     container = {
@@ -289,7 +290,7 @@ def build_manifest(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
                 "manager": RUNTIME_PATCH_MANAGER,
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
                     "name": "node",
-                    "template": {"spec": {"template": {"spec": {
+                    "template": {"spec": {"template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": {
                         **pod_spec,
                         "containers": [{"name": "node", "volumeMounts": container["volumeMounts"],
                                         "securityContext": container["securityContext"]}],
@@ -302,7 +303,8 @@ def build_manifest(spec: JobSpec, cluster: ClusterConfig) -> dict[str, Any]:
             return {
                 "replicas": n,
                 "restartPolicy": "OnFailure",
-                "template": {"spec": {**pod_spec, "containers": [{"name": "pytorch", **container}]}},
+                "template": {"metadata": {"labels": dict(POD_LABELS)},
+                             "spec": {**pod_spec, "containers": [{"name": "pytorch", **container}]}},
             }
 
         replicas = {"Master": replica(1)}
