@@ -3,7 +3,7 @@
 Ground truth: ``pre_jpeg_reference`` = ``cv2.filter2D`` (41x41 or adaptive kernel, reflect-101) over the
 whole image, then ``cv2.resize``, noise, clip. Same drawn params; max abs diff <= 1/255 before JPEG.
 Each shortcut of degrade_fast.py is also proved on its own: banded operator storage, block sizes,
-channel-planar rows, the rank search and its error bound, the closed-form kernel, the DFT blur and the
+interleaved rows with several rank terms, the rank search and its error bound, the closed-form kernel, the DFT blur and the
 per-sample choice between the two paths (Eq. 16's blur + downsample).
 """
 
@@ -202,7 +202,7 @@ def test_every_block_size_gives_the_direct_result(block: int, interp: str, monke
     for p in (
         DegradeParams("iso", 4.0, 4.0, 0.0, 1.3, 0.0, 50, 0, False),  # rank 1: interleaved rows
         DegradeParams("iso", 9.0, 9.0, 0.0, 7.5, 0.0, 50, 0, False),
-        DegradeParams("aniso", 8.0, 2.0, 0.6, 1.7, 0.0, 50, 0, False),  # rank > 1: channel-planar rows
+        DegradeParams("aniso", 8.0, 2.0, 0.6, 1.7, 0.0, 50, 0, False),  # rank > 1: R terms in one C-channel transpose
         DegradeParams("aniso", 12.0, 3.0, -2.2, 9.0, 0.0, 50, 0, False),
     ):
         v, h = kernel_factors(p, cfg)
