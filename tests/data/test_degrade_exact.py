@@ -255,6 +255,33 @@ def test_dft_blur_is_the_direct_blur(interp: str, shape: tuple[int, int], out_hw
         assert np.abs(got - want).max() <= ROUNDING
 
 
+@pytest.mark.parametrize(("size_y", "size_x", "radius"), [(576, 576, 20), (135, 160, 20), (75, 81, 9), (45, 50, 9)])
+def test_centred_spectrum_multiplier_is_the_real_dft_of_the_centred_kernel(size_y: int, size_x: int,
+                                                                         radius: int) -> None:
+    """The kernel spectrum by folded GEMMs equals cv2.dft of the centred frame, CCS-laid, odd and even sizes."""
+    cfg = _cfg("released", kernel_size=2 * radius + 1)
+    kernel = gaussian_kernel(DegradeParams("aniso", 7.0, 1.5, 0.9, 1.3, 0.0, 50, 0, False), cfg)
+    assert np.array_equal(kernel, kernel[::-1, ::-1])  # point-symmetric: the spectrum is real
+    frame = np.zeros((size_y, size_x), dtype=np.float32)
+    offsets = np.arange(-radius, radius + 1)
+    frame[np.ix_(offsets % size_y, offsets % size_x)] = kernel
+    want = degrade_fast._real_spectrum_multiplier(cv2.dft(frame))
+    got = degrade_fast.centred_spectrum_multiplier(kernel, size_y, size_x)
+    assert got.dtype == np.float32 and got.shape == (size_y, size_x)
+    assert np.abs(got - want).max() <= 1e-6
+
+
+def test_dft_blur_of_a_kernel_without_point_symmetry_is_the_direct_correlation() -> None:
+    """The complex-product branch (any kernel that is not point-symmetric) is still filter2D's correlation."""
+    img = face_like(160, seed=5)
+    kernel = np.random.default_rng(0).random((41, 41))
+    kernel /= kernel.sum()
+    got = degrade_fast.blur_downsample_dft(img, kernel, (61, 61), "linear")
+    blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel.astype(np.float32),
+                           borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(got - cv2.resize(blurred, (61, 61), interpolation=cv2.INTER_LINEAR)).max() <= ROUNDING
+
+
 def test_dft_blur_refuses_a_kernel_wider_than_the_image() -> None:
     with pytest.raises(ValueError, match="wider"):
         degrade_fast.blur_downsample_dft(face_like(20, seed=1), np.ones((41, 41)) / 41**2, (10, 10), "linear")

@@ -304,6 +304,59 @@ def _real_spectrum_multiplier(spectrum: np.ndarray) -> np.ndarray:
     return spectrum
 
 
+@functools.lru_cache(maxsize=16)
+def _cos_sin_tables(size: int, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DFT tables for offsets ``a = 0..radius`` of a ``size``-point axis (float32, cached per geometry).
+
+    ``[cos | sin]`` of ``2 pi a u / size`` for every frequency ``u`` (``[size, 2 (radius + 1)]``), and
+    the transposed ``cos`` and ``sin`` for the ``size // 2 + 1`` non-negative ones (``[radius + 1, .]``).
+    """
+    angle = (2.0 * np.pi / size) * np.outer(np.arange(size), np.arange(radius + 1))
+    both = np.concatenate([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+    half = angle[: size // 2 + 1].T
+    tables = (both, np.cos(half).astype(np.float32), np.sin(half).astype(np.float32))
+    for table in tables:
+        table.setflags(write=False)
+    return tables
+
+
+def centred_spectrum_multiplier(kernel: np.ndarray, size_y: int, size_x: int) -> np.ndarray:
+    """The CCS multiplier of :func:`_real_spectrum_multiplier` for a point-symmetric ``[L, L]`` kernel, by GEMMs.
+
+    Part of the DFT path for the blur of paper Eq. 16. The spectrum of ``kernel`` centred on the origin
+    of a ``size_y x size_x`` frame is real: ``sum_ab K[a, b] cos(2 pi (a u / N_y + b v / N_x))``. With
+    ``K[-a, -b] = K[a, b]`` the rows ``a`` and ``-a`` fold into ``K[a] + K[-a]`` (cosine, even) and
+    ``K[a] - K[-a]`` (sine, odd), and so do the columns, so the ``N_y x (N_x / 2 + 1)`` half-plane a real
+    DFT stores costs one ``[N_y, L + 1] @ [L + 1, N_x / 2 + 1]`` float32 product (about 0.1 ms at 576^2,
+    against 0.5 ms for a DFT of the kernel frame), then is laid out as CCS. Equals the real part of
+    ``cv2.dft`` of the centred frame to float32 rounding (1.2e-7 of the spectrum's peak in the tests).
+    """
+    radius = kernel.shape[0] // 2
+    both_y, cos_x, sin_x = _cos_sin_tables(size_y, radius)
+    _, cos_xt, sin_xt = _cos_sin_tables(size_x, radius) if size_x != size_y else (None, cos_x, sin_x)
+    k = kernel.astype(np.float32)
+    lower, upper = k[radius::-1], k[radius:]  # rows -a and +a for a = 0..radius
+    plus, minus = lower + upper, upper - lower
+    plus[0] = k[radius]  # a = 0 once; minus[0] is zero
+    # sum over b of the folded rows: cos (even, b = 0 once) and sin (odd)
+    even = plus[:, radius::-1] + plus[:, radius:]
+    even[:, 0] = plus[:, radius]
+    odd = minus[:, radius:] - minus[:, radius::-1]
+    stacked = np.concatenate([even @ cos_xt, -(odd @ sin_xt)], axis=0)  # [2 (radius + 1), N_x / 2 + 1]
+    half = both_y @ stacked  # K-hat[u, v] for v = 0..N_x / 2
+    multiplier = np.empty((size_y, size_x), dtype=np.float32)
+    pairs_x, pairs_y = (size_x - 1) // 2, (size_y - 1) // 2
+    multiplier[:, 1 : 2 * pairs_x : 2] = half[:, 1 : pairs_x + 1]
+    multiplier[:, 2 : 2 * pairs_x + 1 : 2] = half[:, 1 : pairs_x + 1]
+    for col, v in ((0, 0), (size_x - 1, size_x // 2)) if size_x % 2 == 0 else ((0, 0),):
+        multiplier[0, col] = half[0, v]
+        multiplier[1 : 2 * pairs_y : 2, col] = half[1 : pairs_y + 1, v]
+        multiplier[2 : 2 * pairs_y + 1 : 2, col] = half[1 : pairs_y + 1, v]
+        if size_y % 2 == 0:
+            multiplier[size_y - 1, col] = half[size_y // 2, v]
+    return multiplier
+
+
 def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int, int], interp: str) -> np.ndarray:
     """``resize(filter2D(image / 255, kernel), out_hw)`` with the blur as 2-D DFT products, float32 ``[h, w, C]``.
 
@@ -316,9 +369,9 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
     A point-symmetric kernel (``k[-a, -b] == k[a, b]``: every Gaussian of Eq. 16, rotated or not) has a
     real centred spectrum, and correlation equals convolution: the spectrum product is then a real
-    element-wise multiply (:func:`_real_spectrum_multiplier`; its imaginary part is float rounding and
-    is dropped) instead of ``cv2.mulSpectrums``'s complex one, at about a third of the cost. Other
-    kernels take the complex product with the conjugate (a correlation). ``1 / 255`` and the inverse
+    element-wise multiply instead of ``cv2.mulSpectrums``'s complex one (about a third of the cost), and
+    that spectrum comes from one small product (:func:`centred_spectrum_multiplier`) instead of a DFT of
+    the kernel frame: 6 frame DFTs per image instead of 7. Other kernels take the complex product with the conjugate (a correlation). ``1 / 255`` and the inverse
     DFT's ``1 / (N_y N_x)`` are folded into the kernel. Equals the direct computation up to float32
     rounding (about 1e-6).
     """
@@ -329,20 +382,21 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
         raise ValueError(f"a {length}x{length} kernel needs an image wider than {radius} px, got {height}x{width}")
     padded_h, padded_w = height + 2 * radius, width + 2 * radius
     size_y, size_x = cv2.getOptimalDFTSize(padded_h), cv2.getOptimalDFTSize(padded_w)
-    scaled = (kernel * (1.0 / (255.0 * size_y * size_x))).astype(np.float32)
-    frame = np.zeros((size_y, size_x), dtype=np.float32)
-    wrapped = np.arange(-radius, radius + 1)
-    frame[np.ix_(wrapped % size_y, wrapped % size_x)] = scaled  # kernel[radius, radius] at the origin
-    kernel_spectrum = cv2.dft(frame)  # CCS-packed
+    scaled = kernel * (1.0 / (255.0 * size_y * size_x))
     symmetric = np.array_equal(kernel, kernel[::-1, ::-1])
+    frame = np.zeros((size_y, size_x), dtype=np.float32)
     if symmetric:
-        kernel_spectrum = _real_spectrum_multiplier(kernel_spectrum)
-    frame[:] = 0.0
+        kernel_spectrum = centred_spectrum_multiplier(scaled, size_y, size_x)
+    else:
+        wrapped = np.arange(-radius, radius + 1)
+        frame[np.ix_(wrapped % size_y, wrapped % size_x)] = scaled  # kernel[radius, radius] at the origin
+        kernel_spectrum = cv2.dft(frame)  # CCS-packed
+        frame[:] = 0.0
     padded = cv2.copyMakeBorder(image, radius, radius, radius, radius, cv2.BORDER_REFLECT_101)
     out_h, out_w = out_hw
     planes = []
-    for plane in cv2.split(padded):
-        frame[:padded_h, :padded_w] = plane
+    for c in range(channels):
+        frame[:padded_h, :padded_w] = cv2.extractChannel(padded, c)  # (cv2.split is ~3x slower here)
         spectrum = cv2.dft(frame)
         if symmetric:
             np.multiply(spectrum, kernel_spectrum, out=spectrum)
@@ -356,13 +410,14 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
 # Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
 # and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
-# the banded path's time is its flop count (both passes, with their block sizes) at ~44 GFLOP/s
-# (median error 21%; terms for calls and data moves did not improve the fit), the DFT path's is
-# 2 C + 1 real DFTs of the padded frame. The model picked the faster path in 95% of the measured
-# cases, and where it missed, the pick was at most 1.18x the faster one. Only the choice depends on
-# it, never a result.
-BANDED_S_PER_FLOP = 2.25e-11
-DFT_S_PER_POINT_LOG2 = 1.15e-10  # per point of the frame and log2(points), per real DFT (2.1 ns a point at 576^2)
+# the banded path's time is its flop count (both passes, with their block sizes) at ~41 GFLOP/s
+# (median error 15%; terms for calls and data moves did not improve the fit), the DFT path's is
+# 2 C real DFTs of the padded frame. Refit after the channel-interleaved banded rows and the real
+# spectrum product (three fits on a shared box: 2.36-2.46e-11 s/flop, 1.60-1.67e-10 s per DFT point and
+# log2 point); the fitted model picked the faster path in 99-100% of the measured cases, the worst
+# pick 1.01x the faster one. Only the choice depends on it, never a result.
+BANDED_S_PER_FLOP = 2.42e-11
+DFT_S_PER_POINT_LOG2 = 1.64e-10  # per point of the frame and log2(points), per real DFT (~3 ns a point at 576^2)
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
@@ -374,10 +429,10 @@ def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[in
 
 
 def dft_cost(length: int, in_hw: tuple[int, int], channels: int) -> float:
-    """Modelled seconds of :func:`blur_downsample_dft`: ``2 C + 1`` real DFTs of the padded frame."""
+    """Modelled seconds of :func:`blur_downsample_dft`: ``2 C`` real DFTs of the padded frame (C forward, C inverse)."""
     height, width = in_hw
     points = cv2.getOptimalDFTSize(height + length - 1) * cv2.getOptimalDFTSize(width + length - 1)
-    return DFT_S_PER_POINT_LOG2 * points * math.log2(points) * (2 * channels + 1)
+    return DFT_S_PER_POINT_LOG2 * points * math.log2(points) * (2 * channels)
 
 
 def dft_is_cheaper(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> bool:
