@@ -282,6 +282,16 @@ def test_dft_blur_of_a_kernel_without_point_symmetry_is_the_direct_correlation()
     assert np.abs(got - cv2.resize(blurred, (61, 61), interpolation=cv2.INTER_LINEAR)).max() <= ROUNDING
 
 
+def test_dft_size_is_a_fast_size_that_fits() -> None:
+    """dft_size: at least the padded size, even, 2^a 3^b 5^c times at most one 7; 560 for a 512-px face."""
+    assert degrade_fast.dft_size(512 + 41 - 1) == 560
+    for n in range(2, 1200):
+        size = degrade_fast.dft_size(n)
+        assert n <= size <= cv2.getOptimalDFTSize(n)
+        if size != cv2.getOptimalDFTSize(n):
+            assert size % 56 == 0 and degrade_fast._smooth235(size // 7)
+
+
 def test_dft_blur_refuses_a_kernel_wider_than_the_image() -> None:
     with pytest.raises(ValueError, match="wider"):
         degrade_fast.blur_downsample_dft(face_like(20, seed=1), np.ones((41, 41)) / 41**2, (10, 10), "linear")

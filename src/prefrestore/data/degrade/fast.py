@@ -358,7 +358,7 @@ def centred_spectrum_multiplier(kernel: np.ndarray, size_y: int, size_x: int) ->
     of a ``size_y x size_x`` frame is real: ``sum_ab K[a, b] cos(2 pi (a u / N_y + b v / N_x))``. With
     ``K[-a, -b] = K[a, b]`` the rows ``a`` and ``-a`` fold into ``K[a] + K[-a]`` (cosine, even) and
     ``K[a] - K[-a]`` (sine, odd), and so do the columns, so the ``N_y x (N_x / 2 + 1)`` half-plane a real
-    DFT stores costs one ``[N_y, L + 1] @ [L + 1, N_x / 2 + 1]`` float32 product (about 0.1 ms at 576^2,
+    DFT stores costs one ``[N_y, L + 1] @ [L + 1, N_x / 2 + 1]`` float32 product (about 0.1 ms at 560^2,
     against 0.5 ms for a DFT of the kernel frame), then is laid out as CCS. Equals the real part of
     ``cv2.dft`` of the centred frame to float32 rounding (1.2e-7 of the spectrum's peak in the tests).
     """
@@ -448,7 +448,7 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 # log2 point); the fitted model picked the faster path in 99-100% of the measured cases, the worst
 # pick 1.01x the faster one. Only the choice depends on it, never a result.
 BANDED_S_PER_FLOP = 2.42e-11
-DFT_S_PER_POINT_LOG2 = 1.64e-10  # per point of the frame and log2(points), per real DFT (~3 ns a point at 576^2)
+DFT_S_PER_POINT_LOG2 = 1.64e-10  # per point of the frame and log2(points), per real DFT (~3 ns a point at 560^2)
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
