@@ -131,9 +131,13 @@ def separable_factors(kernel: np.ndarray, tol: float = SEPARABLE_TOL) -> tuple[n
     tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
     may_pass = np.flatnonzero(tail <= 2.0 * tol * (1.0 + 1e-6))
     first = max(1, int(may_pass[0])) if len(may_pass) else len(s)
-    for rank in range(first, len(s) + 1):
-        if worst_pixel_error(kernel - (u[:, :rank] * s[:rank]) @ vt[:rank]) <= tol:
-            break
+    # The residual is updated one term at a time (an outer product), and its bound is
+    # max(sum E+, sum E-) = (sum |E| + |sum E|) / 2: two reductions, no mask (about 3x cheaper a rank).
+    residual = kernel - (u[:, :first] * s[:first]) @ vt[:first]
+    rank = first
+    while rank < len(s) and 0.5 * (float(np.abs(residual).sum()) + abs(float(residual.sum()))) > tol:
+        residual -= s[rank] * np.outer(u[:, rank], vt[rank])
+        rank += 1
     root = np.sqrt(s[:rank])
     return (u[:, :rank] * root).T, vt[:rank] * root[:, None]
 
