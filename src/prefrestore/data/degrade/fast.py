@@ -299,6 +299,7 @@ def blur_downsample(
 
 
 def _smooth235(n: int) -> bool:
+    """Whether ``n`` is ``2^a 3^b 5^c`` (a size OpenCV's DFT handles with its fast radices; for :func:`dft_size`)."""
     for factor in (2, 3, 5):
         while n % factor == 0:
             n //= factor
@@ -323,7 +324,7 @@ def dft_size(n: int) -> int:
 
 
 def _real_spectrum_multiplier(spectrum: np.ndarray) -> np.ndarray:
-    """The real part of a CCS-packed 2-D spectrum, copied onto the imaginary slots (in place).
+    """The real part of a CCS-packed 2-D spectrum, copied onto the imaginary slots (in place; DFT path of Eq. 16).
 
     ``cv2.dft`` packs a real frame's spectrum as CCS: in the inner columns each frequency is a
     ``(Re, Im)`` pair along the row; the first column (and the last, for an even width) holds one
@@ -341,7 +342,7 @@ def _real_spectrum_multiplier(spectrum: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _cos_sin_tables(size: int, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DFT tables for offsets ``a = 0..radius`` of a ``size``-point axis (float32, cached per geometry).
+    """DFT tables for offsets ``a = 0..radius`` of a ``size``-point axis (float32, cached; Eq. 16's kernel spectrum).
 
     ``[cos | sin]`` of ``2 pi a u / size`` for every frequency ``u`` (``[size, 2 (radius + 1)]``), and
     the transposed ``cos`` and ``sin`` for the ``size // 2 + 1`` non-negative ones (``[radius + 1, .]``).
