@@ -3,7 +3,7 @@
 Ground truth: ``pre_jpeg_reference`` = ``cv2.filter2D`` (41x41 or adaptive kernel, reflect-101) over the
 whole image, then ``cv2.resize``, noise, clip. Same drawn params; max abs diff <= 1/255 before JPEG.
 Each shortcut of degrade_fast.py is also proved on its own: banded operator storage, block sizes,
-channel-planar rows, the rank search and its error bound, the closed-form kernel, the DFT blur and the
+interleaved rows with several rank terms, the rank search and its error bound, the closed-form kernel, the DFT blur and the
 per-sample choice between the two paths (Eq. 16's blur + downsample).
 """
 
@@ -202,7 +202,7 @@ def test_every_block_size_gives_the_direct_result(block: int, interp: str, monke
     for p in (
         DegradeParams("iso", 4.0, 4.0, 0.0, 1.3, 0.0, 50, 0, False),  # rank 1: interleaved rows
         DegradeParams("iso", 9.0, 9.0, 0.0, 7.5, 0.0, 50, 0, False),
-        DegradeParams("aniso", 8.0, 2.0, 0.6, 1.7, 0.0, 50, 0, False),  # rank > 1: channel-planar rows
+        DegradeParams("aniso", 8.0, 2.0, 0.6, 1.7, 0.0, 50, 0, False),  # rank > 1: R terms in one C-channel transpose
         DegradeParams("aniso", 12.0, 3.0, -2.2, 9.0, 0.0, 50, 0, False),
     ):
         v, h = kernel_factors(p, cfg)
@@ -253,6 +253,43 @@ def test_dft_blur_is_the_direct_blur(interp: str, shape: tuple[int, int], out_hw
         want = cv2.resize(blurred, out_hw[::-1], interpolation=degrade_fast.INTERPOLATION[interp])
         assert got.shape == want.shape and got.dtype == np.float32
         assert np.abs(got - want).max() <= ROUNDING
+
+
+@pytest.mark.parametrize(("size_y", "size_x", "radius"), [(576, 576, 20), (135, 160, 20), (75, 81, 9), (45, 50, 9)])
+def test_centred_spectrum_multiplier_is_the_real_dft_of_the_centred_kernel(size_y: int, size_x: int,
+                                                                         radius: int) -> None:
+    """The kernel spectrum by folded GEMMs equals cv2.dft of the centred frame, CCS-laid, odd and even sizes."""
+    cfg = _cfg("released", kernel_size=2 * radius + 1)
+    kernel = gaussian_kernel(DegradeParams("aniso", 7.0, 1.5, 0.9, 1.3, 0.0, 50, 0, False), cfg)
+    assert np.array_equal(kernel, kernel[::-1, ::-1])  # point-symmetric: the spectrum is real
+    frame = np.zeros((size_y, size_x), dtype=np.float32)
+    offsets = np.arange(-radius, radius + 1)
+    frame[np.ix_(offsets % size_y, offsets % size_x)] = kernel
+    want = degrade_fast._real_spectrum_multiplier(cv2.dft(frame))
+    got = degrade_fast.centred_spectrum_multiplier(kernel, size_y, size_x)
+    assert got.dtype == np.float32 and got.shape == (size_y, size_x)
+    assert np.abs(got - want).max() <= 1e-6
+
+
+def test_dft_blur_of_a_kernel_without_point_symmetry_is_the_direct_correlation() -> None:
+    """The complex-product branch (any kernel that is not point-symmetric) is still filter2D's correlation."""
+    img = face_like(160, seed=5)
+    kernel = np.random.default_rng(0).random((41, 41))
+    kernel /= kernel.sum()
+    got = degrade_fast.blur_downsample_dft(img, kernel, (61, 61), "linear")
+    blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel.astype(np.float32),
+                           borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(got - cv2.resize(blurred, (61, 61), interpolation=cv2.INTER_LINEAR)).max() <= ROUNDING
+
+
+def test_dft_size_is_a_fast_size_that_fits() -> None:
+    """dft_size: at least the padded size, even, 2^a 3^b 5^c times at most one 7; 560 for a 512-px face."""
+    assert degrade_fast.dft_size(512 + 41 - 1) == 560
+    for n in range(2, 1200):
+        size = degrade_fast.dft_size(n)
+        assert n <= size <= cv2.getOptimalDFTSize(n)
+        if size != cv2.getOptimalDFTSize(n):
+            assert size % 56 == 0 and degrade_fast._smooth235(size // 7)
 
 
 def test_dft_blur_refuses_a_kernel_wider_than_the_image() -> None:

@@ -18,8 +18,8 @@ plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead 
 1. pass 1: for each output row (or small block of rows, :func:`block_rows`), one
    ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once;
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
-   them: ``Y^T[(x, s), (i, c)]`` (with ``R > 1`` the image rows are stored channel-planar, so this
-   is a fast single-channel transpose);
+   them: ``Y^T[(x, s), (i, c)]`` (the image rows stay channel-interleaved, so this is one C-channel
+   transpose of the ``R n`` rows of pass 1);
 3. pass 2: for each output column (or block), one ``[1, (L+1) R] @ [(L+1) R, n C]`` product sums
    the terms.
 
@@ -80,11 +80,13 @@ def resize_taps(size_in: int, size_out: int, interp: str) -> tuple[np.ndarray, n
 
     OpenCV's float resize is separable and linear, so resizing a float32 identity image reproduces
     the weights it applies to float32 images exactly: ``cv2.resize(X) == R_y @ X @ R_x.T``. A few KB
-    per geometry, cached.
+    per geometry, cached. The nonzeros are found by ``cv2.findNonZero`` (the same row-major order as
+    ``np.nonzero``, ~9x faster on these dense matrices: this runs once per new LQ size).
     """
     eye = np.eye(size_in, dtype=np.float32)
     weights = cv2.resize(eye, (size_in, size_out), interpolation=INTERPOLATION[interp])
-    rows, cols = np.nonzero(weights)
+    points = cv2.findNonZero(weights).reshape(-1, 2)  # (x, y) = (col, row), rows ascending
+    rows, cols = points[:, 1], points[:, 0]
     taps = (rows.astype(np.intp), cols.astype(np.intp), weights[rows, cols].astype(np.float64))
     for arr in taps:
         arr.setflags(write=False)
@@ -129,9 +131,13 @@ def separable_factors(kernel: np.ndarray, tol: float = SEPARABLE_TOL) -> tuple[n
     tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
     may_pass = np.flatnonzero(tail <= 2.0 * tol * (1.0 + 1e-6))
     first = max(1, int(may_pass[0])) if len(may_pass) else len(s)
-    for rank in range(first, len(s) + 1):
-        if worst_pixel_error(kernel - (u[:, :rank] * s[:rank]) @ vt[:rank]) <= tol:
-            break
+    # The residual is updated one term at a time (an outer product), and its bound is
+    # max(sum E+, sum E-) = (sum |E| + |sum E|) / 2: two reductions, no mask (about 3x cheaper a rank).
+    residual = kernel - (u[:, :first] * s[:first]) @ vt[:first]
+    rank = first
+    while rank < len(s) and 0.5 * (float(np.abs(residual).sum()) + abs(float(residual.sum()))) > tol:
+        residual -= s[rank] * np.outer(u[:, rank], vt[rank])
+        rank += 1
     root = np.sqrt(s[:rank])
     return (u[:, :rank] * root).T, vt[:rank] * root[:, None]
 
@@ -171,7 +177,7 @@ def blur_resize_operator(kernel1d: np.ndarray, size_in: int, size_out: int, inte
     return op.reshape(size_out, size_in)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=384)
 def band_layout(
     size_in: int, size_out: int, interp: str, length: int, block: int
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray, int]:
@@ -182,13 +188,16 @@ def band_layout(
     band of every output row is stored as ``span`` values, so the operators of kernels ``K [R, L]``
     are ``scatter @ K.T``: ``[blocks * block * span, R]``, row ``(k, i, t)`` = weight of input row
     ``start[k] + t`` in output row ``k block + i`` (rows past ``size_out`` are zero). Cached per
-    geometry: 256 entries (about 35 MB) serve 95% of the paper preset's draws and 98% of released ones.
+    geometry: 384 entries. At the released ranges (r in [1, 30], half the draws rotated: 539 keys in
+    all) the 384 most used take about 60 MB and answer 96% of lookups in a long run (256: 92%); a miss
+    costs ~0.45 ms, a large share of a small-r draw's blur.
     """
     rows, src, vals = _operator_layout(size_in, size_out, interp, length)
     first = np.full(size_out, size_in, dtype=np.int64)
     last = np.zeros(size_out, dtype=np.int64)
-    np.minimum.at(first, rows, src.min(axis=1))
-    np.maximum.at(last, rows, src.max(axis=1))
+    heads_of_rows = np.flatnonzero(np.diff(rows, prepend=-1))  # rows ascend: one group per output row
+    first[rows[heads_of_rows]] = np.minimum.reduceat(src.min(axis=1), heads_of_rows)
+    last[rows[heads_of_rows]] = np.maximum.reduceat(src.max(axis=1), heads_of_rows)
     heads = np.arange(0, size_out, block)
     lo = np.minimum.reduceat(first, heads)
     span = int((np.maximum.reduceat(last, heads) - lo).max()) + 1
@@ -223,15 +232,18 @@ def block_rows(ratio: float, rank: int, first_pass: bool) -> int:
 
     A block of ``b`` rows shares one band ``b r + L`` rows wide: large blocks keep BLAS efficient and
     cut per-call overhead, small ones multiply fewer zeros. Measured (one core, 512 px, 41 taps):
-    with one rank term, blocks of 8 (in pass 1 only while ``r < 5``); with several, pairs of rows in
-    pass 1 while ``r < 8`` (the rank terms already make the product tall) and blocks of 8 in pass 2
-    only at ``r < 3``.
+    with one rank term, blocks of 8 (in pass 1 only while ``r < 5``); with several (channel-interleaved
+    rows, a grid of blocks 1-8 x 1-8 at r 1.5-28 on rotated kernels), pairs of rows in pass 1 while
+    ``r < 5`` (the rank terms already make the product tall) and blocks of 8 in pass 2. Blocks of 4 in
+    pass 2 were 3-6% faster at r >= 3 when timed alone, but 8 shares :func:`band_layout`'s cache entries
+    with the isotropic draws: in a released-ranges run its misses drop from 14% to 8% of lookups at the
+    same size (each miss rebuilds a layout, ~0.45 ms), which is worth more.
     """
     if rank == 1:
         return 8 if ratio < 5.0 or not first_pass else 1
     if first_pass:
-        return 2 if ratio < 8.0 else 1
-    return 8 if ratio < 3.0 else 1
+        return 2 if ratio < 5.0 else 1
+    return 8
 
 
 def blur_downsample(
@@ -250,16 +262,8 @@ def blur_downsample(
     out_h, out_w = out_hw
     rank = len(v_kernels)
     cols = width * channels
-    # The image as float rows [H, W C]. With several rank terms the channels of a row are stored as
-    # planes ((c, x) order), so the big transpose below is a fast single-channel one.
-    planar = rank > 1
-    if planar:
-        x = np.empty((height, channels, width), dtype=np.float32)
-        for c, plane in enumerate(cv2.split(image)):
-            x[:, c] = plane
-        x = x.reshape(height, cols)
-    else:
-        x = image.reshape(height, cols).astype(np.float32)
+    # The image as interleaved float rows [H, W C] (one SIMD cast; a channel-planar copy cost 2.5x more).
+    x = image.reshape(height, cols).astype(np.float32)
 
     # Pass 1 (vertical): y[s, i] = (A_s X)[i] / 255, each block of output rows from its band of X.
     block = block_rows(height / out_h, rank, first_pass=True)
@@ -278,11 +282,8 @@ def blur_downsample(
             y[:, i0 : i0 + rows] = (ops1[k] @ band).reshape(rank, block, cols)[:, :rows]
 
     # Transpose to yt[(x, s), (i, c)]: input column x of every rank term, output (row, channel) pairs.
-    if planar:  # y[s, i, c, x] -> [x, (s, i, c)]
-        yt = cv2.transpose(y.reshape(rank * out_h * channels, width))
-    else:  # y[0, i, x, c] -> [x, i, c], as a C-channel image
-        yt = cv2.transpose(y.reshape(out_h, width, channels))
-    yt = yt.reshape(width * rank, out_h * channels)
+    # y[s, i, x, c] is a C-channel image of R out_h rows; its transpose is [x, (s, i), c].
+    yt = cv2.transpose(y.reshape(rank * out_h, width, channels)).reshape(width * rank, out_h * channels)
 
     # Pass 2 (horizontal): z[j] = sum_s (B_s)[j] y_s, the band of output column j over all terms at once.
     block = block_rows(width / out_w, rank, first_pass=False)
@@ -297,15 +298,118 @@ def blur_downsample(
 # --------------------------------------------------------------------------- the same blur by DFT
 
 
+def _smooth235(n: int) -> bool:
+    """Whether ``n`` is ``2^a 3^b 5^c`` (a size OpenCV's DFT handles with its fast radices; for :func:`dft_size`)."""
+    for factor in (2, 3, 5):
+        while n % factor == 0:
+            n //= factor
+    return n == 1
+
+
+@functools.lru_cache(maxsize=64)
+def dft_size(n: int) -> int:
+    """Frame side of the DFT path (the blur of paper Eq. 16) for ``n`` padded pixels: a size OpenCV transforms fast.
+
+    ``cv2.getOptimalDFTSize`` offers only ``2^a 3^b 5^c``; OpenCV's real DFT is as fast at even sizes with
+    one factor 7. Measured on one core (dev box, best of 5): 560 = 2^4 5 7 takes 0.45 / 0.51 ms forward /
+    inverse against 0.51 / 0.61 ms for 576, the optimal size for a 512-px image and a 41-tap kernel (552
+    padded pixels); odd sizes with a 7 are slow (567: 0.85 / 0.93 ms). So: the smallest multiple of 56
+    below the optimal size whose cofactor is ``2^a 3^b 5^c``, else the optimal size.
+    """
+    optimal = cv2.getOptimalDFTSize(n)
+    for size in range(-(-n // 56) * 56, optimal, 56):
+        if _smooth235(size // 7):
+            return size
+    return optimal
+
+
+def _real_spectrum_multiplier(spectrum: np.ndarray) -> np.ndarray:
+    """The real part of a CCS-packed 2-D spectrum, copied onto the imaginary slots (in place; DFT path of Eq. 16).
+
+    ``cv2.dft`` packs a real frame's spectrum as CCS: in the inner columns each frequency is a
+    ``(Re, Im)`` pair along the row; the first column (and the last, for an even width) holds one
+    column's 1-D CCS spectrum, ``(Re, Im)`` pairs down the rows. Where the true spectrum is real (a
+    point-symmetric kernel centred on the origin), a complex product with it is the element-wise
+    product with this array.
+    """
+    size_y, size_x = spectrum.shape
+    pairs_x, pairs_y = (size_x - 1) // 2, (size_y - 1) // 2
+    spectrum[:, 2 : 2 * pairs_x + 1 : 2] = spectrum[:, 1 : 2 * pairs_x : 2]
+    for col in (0, size_x - 1) if size_x % 2 == 0 else (0,):
+        spectrum[2 : 2 * pairs_y + 1 : 2, col] = spectrum[1 : 2 * pairs_y : 2, col]
+    return spectrum
+
+
+@functools.lru_cache(maxsize=16)
+def _cos_sin_tables(size: int, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DFT tables for offsets ``a = 0..radius`` of a ``size``-point axis (float32, cached; Eq. 16's kernel spectrum).
+
+    ``[cos | sin]`` of ``2 pi a u / size`` for every frequency ``u`` (``[size, 2 (radius + 1)]``), and
+    the transposed ``cos`` and ``sin`` for the ``size // 2 + 1`` non-negative ones (``[radius + 1, .]``).
+    """
+    angle = (2.0 * np.pi / size) * np.outer(np.arange(size), np.arange(radius + 1))
+    both = np.concatenate([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+    half = angle[: size // 2 + 1].T
+    tables = (both, np.cos(half).astype(np.float32), np.sin(half).astype(np.float32))
+    for table in tables:
+        table.setflags(write=False)
+    return tables
+
+
+def centred_spectrum_multiplier(kernel: np.ndarray, size_y: int, size_x: int) -> np.ndarray:
+    """The CCS multiplier of :func:`_real_spectrum_multiplier` for a point-symmetric ``[L, L]`` kernel, by GEMMs.
+
+    Part of the DFT path for the blur of paper Eq. 16. The spectrum of ``kernel`` centred on the origin
+    of a ``size_y x size_x`` frame is real: ``sum_ab K[a, b] cos(2 pi (a u / N_y + b v / N_x))``. With
+    ``K[-a, -b] = K[a, b]`` the rows ``a`` and ``-a`` fold into ``K[a] + K[-a]`` (cosine, even) and
+    ``K[a] - K[-a]`` (sine, odd), and so do the columns, so the ``N_y x (N_x / 2 + 1)`` half-plane a real
+    DFT stores costs one ``[N_y, L + 1] @ [L + 1, N_x / 2 + 1]`` float32 product (about 0.1 ms at 560^2,
+    against 0.5 ms for a DFT of the kernel frame), then is laid out as CCS. Equals the real part of
+    ``cv2.dft`` of the centred frame to float32 rounding (1.2e-7 of the spectrum's peak in the tests).
+    """
+    radius = kernel.shape[0] // 2
+    both_y, cos_x, sin_x = _cos_sin_tables(size_y, radius)
+    _, cos_xt, sin_xt = _cos_sin_tables(size_x, radius) if size_x != size_y else (None, cos_x, sin_x)
+    k = kernel.astype(np.float32)
+    lower, upper = k[radius::-1], k[radius:]  # rows -a and +a for a = 0..radius
+    plus, minus = lower + upper, upper - lower
+    plus[0] = k[radius]  # a = 0 once; minus[0] is zero
+    # sum over b of the folded rows: cos (even, b = 0 once) and sin (odd)
+    even = plus[:, radius::-1] + plus[:, radius:]
+    even[:, 0] = plus[:, radius]
+    odd = minus[:, radius:] - minus[:, radius::-1]
+    stacked = np.concatenate([even @ cos_xt, -(odd @ sin_xt)], axis=0)  # [2 (radius + 1), N_x / 2 + 1]
+    half = both_y @ stacked  # K-hat[u, v] for v = 0..N_x / 2
+    multiplier = np.empty((size_y, size_x), dtype=np.float32)
+    pairs_x, pairs_y = (size_x - 1) // 2, (size_y - 1) // 2
+    multiplier[:, 1 : 2 * pairs_x : 2] = half[:, 1 : pairs_x + 1]
+    multiplier[:, 2 : 2 * pairs_x + 1 : 2] = half[:, 1 : pairs_x + 1]
+    for col, v in ((0, 0), (size_x - 1, size_x // 2)) if size_x % 2 == 0 else ((0, 0),):
+        multiplier[0, col] = half[0, v]
+        multiplier[1 : 2 * pairs_y : 2, col] = half[1 : pairs_y + 1, v]
+        multiplier[2 : 2 * pairs_y + 1 : 2, col] = half[1 : pairs_y + 1, v]
+        if size_y % 2 == 0:
+            multiplier[size_y - 1, col] = half[size_y // 2, v]
+    return multiplier
+
+
 def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int, int], interp: str) -> np.ndarray:
     """``resize(filter2D(image / 255, kernel), out_hw)`` with the blur as 2-D DFT products, float32 ``[h, w, C]``.
 
+    The blur + downsample of paper Eq. 16 (``(I_h (x) k_sigma) downsample_r``) for any kernel rank.
     ``image`` is uint8 ``[H, W, C]``, ``kernel`` the 2-D ``[L, L]`` correlation kernel (odd ``L``). Each
     channel is padded by ``L // 2`` with ``BORDER_REFLECT_101`` (the edges ``cv2.filter2D`` uses) and
-    zero-padded to OpenCV's optimal DFT size ``N >= H + L - 1``; then ``IDFT(DFT(x) conj(DFT(k)))`` is the
-    correlation, whose wrap-around lands only in the padding that is cut off. ``1 / 255`` and the inverse
+    zero-padded to a fast DFT size ``N >= H + L - 1`` (:func:`dft_size`); the kernel is placed centred on the
+    origin (wrapped), so the circular convolution ``IDFT(DFT(x) DFT(k))`` at padded pixel ``y + L // 2``
+    is the correlation at ``y``, and its wrap-around lands only in the padding that is cut off.
+
+    A point-symmetric kernel (``k[-a, -b] == k[a, b]``: every Gaussian of Eq. 16, rotated or not) has a
+    real centred spectrum, and correlation equals convolution: the spectrum product is then a real
+    element-wise multiply instead of ``cv2.mulSpectrums``'s complex one (about a third of the cost), and
+    that spectrum comes from one small product (:func:`centred_spectrum_multiplier`) instead of a DFT of
+    the kernel frame: 6 frame DFTs per image instead of 7. Other kernels take the complex product with the conjugate (a correlation). ``1 / 255`` and the inverse
     DFT's ``1 / (N_y N_x)`` are folded into the kernel. Equals the direct computation up to float32
-    rounding (about 1e-6), for any kernel rank.
+    rounding (about 1e-6).
     """
     height, width, channels = image.shape
     length = kernel.shape[0]
@@ -313,31 +417,43 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
     if radius >= min(height, width):
         raise ValueError(f"a {length}x{length} kernel needs an image wider than {radius} px, got {height}x{width}")
     padded_h, padded_w = height + 2 * radius, width + 2 * radius
-    size_y, size_x = cv2.getOptimalDFTSize(padded_h), cv2.getOptimalDFTSize(padded_w)
+    size_y, size_x = dft_size(padded_h), dft_size(padded_w)
+    scaled = kernel * (1.0 / (255.0 * size_y * size_x))
+    symmetric = np.array_equal(kernel, kernel[::-1, ::-1])
     frame = np.zeros((size_y, size_x), dtype=np.float32)
-    frame[:length, :length] = kernel * (1.0 / (255.0 * size_y * size_x))
-    kernel_spectrum = cv2.dft(frame)  # CCS-packed real spectrum
+    if symmetric:
+        kernel_spectrum = centred_spectrum_multiplier(scaled, size_y, size_x)
+    else:
+        wrapped = np.arange(-radius, radius + 1)
+        frame[np.ix_(wrapped % size_y, wrapped % size_x)] = scaled  # kernel[radius, radius] at the origin
+        kernel_spectrum = cv2.dft(frame)  # CCS-packed
+        frame[:] = 0.0
     padded = cv2.copyMakeBorder(image, radius, radius, radius, radius, cv2.BORDER_REFLECT_101)
     out_h, out_w = out_hw
     planes = []
-    for plane in cv2.split(padded):
-        frame[:padded_h, :padded_w] = plane
+    for c in range(channels):
+        frame[:padded_h, :padded_w] = cv2.extractChannel(padded, c)  # (cv2.split is ~3x slower here)
         spectrum = cv2.dft(frame)
-        cv2.mulSpectrums(spectrum, kernel_spectrum, 0, c=spectrum, conjB=True)  # conj: correlation, as filter2D
+        if symmetric:
+            np.multiply(spectrum, kernel_spectrum, out=spectrum)
+        else:  # a correlation: the complex product with the conjugate
+            cv2.mulSpectrums(spectrum, kernel_spectrum, 0, c=spectrum, conjB=True)
         blurred = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT)
-        planes.append(cv2.resize(blurred[:height, :width], (out_w, out_h), interpolation=INTERPOLATION[interp]))
+        planes.append(cv2.resize(blurred[radius : radius + height, radius : radius + width], (out_w, out_h),
+                                 interpolation=INTERPOLATION[interp]))
     return cv2.merge(planes).reshape(out_h, out_w, channels)
 
 
 # Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
 # and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
-# the banded path's time is its flop count (both passes, with their block sizes) at ~44 GFLOP/s
-# (median error 21%; terms for calls and data moves did not improve the fit), the DFT path's is
-# 2 C + 1 real DFTs of the padded frame. The model picked the faster path in 95% of the measured
-# cases, and where it missed, the pick was at most 1.18x the faster one. Only the choice depends on
-# it, never a result.
-BANDED_S_PER_FLOP = 2.25e-11
-DFT_S_PER_POINT_LOG2 = 1.15e-10  # per point of the frame and log2(points), per real DFT (2.1 ns a point at 576^2)
+# the banded path's time is its flop count (both passes, with their block sizes) at ~41 GFLOP/s
+# (median error 15%; terms for calls and data moves did not improve the fit), the DFT path's is
+# 2 C real DFTs of the padded frame. Refit after the channel-interleaved banded rows and the real
+# spectrum product (three fits on a shared box: 2.36-2.46e-11 s/flop, 1.60-1.67e-10 s per DFT point and
+# log2 point); the fitted model picked the faster path in 99-100% of the measured cases, the worst
+# pick 1.01x the faster one. Only the choice depends on it, never a result.
+BANDED_S_PER_FLOP = 2.42e-11
+DFT_S_PER_POINT_LOG2 = 1.64e-10  # per point of the frame and log2(points), per real DFT (~3 ns a point at 560^2)
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
@@ -349,10 +465,10 @@ def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[in
 
 
 def dft_cost(length: int, in_hw: tuple[int, int], channels: int) -> float:
-    """Modelled seconds of :func:`blur_downsample_dft`: ``2 C + 1`` real DFTs of the padded frame."""
+    """Modelled seconds of :func:`blur_downsample_dft`: ``2 C`` real DFTs of the padded frame (C forward, C inverse)."""
     height, width = in_hw
-    points = cv2.getOptimalDFTSize(height + length - 1) * cv2.getOptimalDFTSize(width + length - 1)
-    return DFT_S_PER_POINT_LOG2 * points * math.log2(points) * (2 * channels + 1)
+    points = dft_size(height + length - 1) * dft_size(width + length - 1)
+    return DFT_S_PER_POINT_LOG2 * points * math.log2(points) * (2 * channels)
 
 
 def dft_is_cheaper(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> bool:
