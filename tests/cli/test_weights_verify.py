@@ -105,7 +105,8 @@ def hub(staged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Full-size, real-layout (sparse) Qwen2.5-VL-32B (18 shards), CLIP ViT-L/14 and PickScore in an HF cache."""
     from helpers.sparse_checkpoints import sparse_safetensors_folder
 
-    from prefrestore.model.parts import PARTS, manifest_tensors, read_manifest
+    from prefrestore.model.manifest import manifest_tensors, read_manifest
+    from prefrestore.model.parts import PARTS
 
     hf_home = tmp_path / "hf"
     monkeypatch.setenv("HF_HOME", str(hf_home))
@@ -120,7 +121,7 @@ AUX = ["qwen2.5-vl-32b-instruct", "clip-vit-large-patch14", "pickscore-v1"]
 
 
 def test_verify_aux_passes_on_full_size_hub_checkpoints(hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from prefrestore.model.parts import read_manifest
+    from prefrestore.model.manifest import read_manifest
 
     assert main(["weights", "verify", "--profile", "stand_in", "--aux", *AUX]) == 0
     out = capsys.readouterr().out
@@ -134,7 +135,7 @@ def test_verify_aux_reports_shape_key_and_config_gaps(hub: Path, capsys: pytest.
 
     from helpers.sparse_checkpoints import sparse_safetensors_folder
 
-    from prefrestore.model.parts import manifest_tensors, read_manifest
+    from prefrestore.model.manifest import manifest_tensors, read_manifest
 
     folder = _hub_folder(hub / "x", "openai/clip-vit-large-patch14")  # rebuilt below in place of the good one
     good = hub / "hub" / "models--openai--clip-vit-large-patch14" / "snapshots" / "0123abcd"

@@ -13,7 +13,7 @@ from torch import nn
 
 from prefrestore.core.weights import local_path
 from prefrestore.evaluation.metric_weights import CLIPIQA_CTX, FFHQ_STATS, LPIPS_LIN, PARTS, TOPIQ_FACE
-from prefrestore.model.parts import dump_manifest, read_manifest, stale_manifests
+from prefrestore.model.manifest import dump_manifest, read_manifest, stale_manifests
 from prefrestore.model.verify import verify_aux
 
 

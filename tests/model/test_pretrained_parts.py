@@ -27,9 +27,10 @@ from prefrestore.model.connectors import Connector
 from prefrestore.model.flow import FlowSchedule
 from prefrestore.model.generator import build_transformer, build_vae
 from prefrestore.model.headers import CheckpointError
+from prefrestore.model.manifest import manifest_tensors, read_manifest, stale_manifests
 from prefrestore.model.model import PrefRestoreModel
 from prefrestore.model.params_count import extended_vocab_size
-from prefrestore.model.parts import PARTS, manifest_tensors, read_manifest, stale_manifests
+from prefrestore.model.parts import PARTS
 from prefrestore.model.restore import restore
 from prefrestore.model.tokenizer import SemanticTokenizer
 from prefrestore.model.weight_map import assignments, coverage, project_tensors, start_for

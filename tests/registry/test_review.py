@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from helpers.review_store import BENCH, EXPERIMENT, build_review_store
 
-from prefrestore.registry import review
+from prefrestore.registry import review, review_figures, review_tables
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_evaluations_split_by_variant_with_unavailable(evals):
 
 
 def test_benchmark_table_paper_rows_then_ours(evals):
-    table = review.benchmark_table(BENCH, {"run A": evals["with caption"]["fidelity"],
+    table = review_tables.benchmark_table(BENCH, {"run A": evals["with caption"]["fidelity"],
                                            "run A ": evals["with caption"]["quality"]})
     quoted = table[table["source"] == "quoted from the paper, Table II"]
     assert list(quoted["method"])[-1] == "Pref-Restore Quality" and len(quoted) == 10
@@ -81,15 +81,15 @@ def test_benchmark_table_paper_rows_then_ours(evals):
     assert fid["LMD↓"] == review.NOT_MEASURED  # not logged at all
     assert ours.iloc[0]["PSNR↑"] == pytest.approx(19.0) and ours.iloc[0]["SSIM↑"] == review.NOT_MEASURED
     # Paper column order first, then our extra metrics; the n_excluded bookkeeping is not a column.
-    assert list(table.columns[2:13]) == [review._metric_label(m) for m in review.paper_tables.PAIRED_COLUMNS]
+    assert list(table.columns[2:13]) == [review_tables._metric_label(m) for m in review_tables.paper_tables.PAIRED_COLUMNS]
     assert "n_excluded" not in table.columns
     with pytest.raises(review.NoData, match="lfw_test"):
-        review.benchmark_table("lfw_test", {"run A": evals["with caption"]["fidelity"]})
+        review_tables.benchmark_table("lfw_test", {"run A": evals["with caption"]["fidelity"]})
 
 
 def test_preference_table_viii(evals):
     ev = evals["without caption"]
-    table = review.preference_table(BENCH, ev["fidelity"], ev["quality"])
+    table = review_tables.preference_table(BENCH, ev["fidelity"], ev["quality"])
     assert list(table["model"]) == ["PrefRestore-Base (Stage 1)", "PrefRestore-RL (Stage 2)",
                                     "Stage 1 (fidelity)", "Stage 2 (quality)"]
     hps = table.columns[2]
@@ -107,7 +107,7 @@ def test_caption_settings_pair_and_table_vii(client, store, evals):
     with pytest.raises(review.NoData, match="without caption"):
         review.caption_pair(settings.iloc[:1])
 
-    table = review.caption_ablation(BENCH, evals["with caption"]["fidelity"], evals["without caption"]["fidelity"])
+    table = review_tables.caption_ablation(BENCH, evals["with caption"]["fidelity"], evals["without caption"]["fidelity"])
     assert list(table.index) == ["ClipScore-I↑", "ClipScore-T↑", "DreamSim↑"]
     row = table.loc["ClipScore-I↑"]
     assert row["base model (ours)"] == pytest.approx(0.70) and row["+caption (ours)"] == pytest.approx(0.75)
@@ -119,22 +119,22 @@ def test_caption_settings_pair_and_table_vii(client, store, evals):
 
 def test_stage1_curve_fig3(client, store):
     steps_ = review.step_runs(client, store["runs"]["with caption"])
-    curves = review.stage1_curves(client, steps_)
+    curves = review_figures.stage1_curves(client, steps_)
     psnr = curves[curves["key"] == "val/psnr_restored"].sort_values("global_step")
     # Stage 1.2 continues after stage 1.1's last step (20): 10, 20 | 45, 70.
     assert list(psnr["global_step"]) == [10, 20, 45, 70] and list(psnr["stage"]) == ["stage1_1"] * 2 + ["stage1_2"] * 2
-    fig = review.plot_stage1({"A": curves})
+    fig = review_figures.plot_stage1({"A": curves})
     lines = _lines(fig)
     assert lines["PSNR↑"] == 2 + 1 and lines["SSIM↑"] == 2 + 1  # restored, input, stage boundary
     fid_ax = fig.axes[0]
     assert "unavailable" in fid_ax.texts[0].get_text()  # val/fid_hq_available = 0: said, not drawn
     with pytest.raises(review.NoData, match="val/"):
-        review.stage1_curves(client, {})
+        review_figures.stage1_curves(client, {})
 
 
 def test_reward_curves_fig6_and_heldout_fig9(client, store):
     stage2 = {a: review.step_runs(client, rid)["stage2"] for a, rid in store["runs"].items()}
-    fig6 = review.reward_curves(client, stage2)
+    fig6 = review_figures.reward_curves(client, stage2)
     assert len(fig6.axes) == 4  # one host + one twin axis per run
     host = fig6.axes[0]
     total = host.get_lines()[0]
@@ -142,15 +142,15 @@ def test_reward_curves_fig6_and_heldout_fig9(client, store):
     legend = [t.get_text() for t in host.get_legend().get_texts()]
     assert legend == ["total reward", "psnr", "ssim"]
 
-    fig9 = review.heldout_curves(client, stage2)
+    fig9 = review_figures.heldout_curves(client, stage2)
     ax = fig9.axes[0]
     assert ax.get_title() == "heldout/reward_total"
     assert len(ax.get_lines()) == 4  # each run's curve and its dashed epoch-0 line
     base = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert sorted(float(ln.get_ydata()[0]) for ln in base) == pytest.approx([1.0, 1.05])
     with pytest.raises(review.NoData, match="reward/total_mean"):
-        review.reward_curves(client, {"x": None})
-    assert isinstance(review.view("Fig. 9", review.heldout_curves, client, {}), review.Absent)
+        review_figures.reward_curves(client, {"x": None})
+    assert isinstance(review.view("Fig. 9", review_figures.heldout_curves, client, {}), review.Absent)
 
 
 def test_determinism_fig8(client, store, tmp_path):
@@ -158,12 +158,12 @@ def test_determinism_fig8(client, store, tmp_path):
     spreads = review.determinism_spreads(client, stage2, tmp_path)
     assert set(spreads) == {"stage 1", "stage 2"} and set(spreads["stage 1"]) == {"hpsv2", "pickscore", "sum"}
     assert len(spreads["stage 1"]["sum"]) == 6
-    fig = review.determinism_boxplot(spreads)
+    fig = review_figures.determinism_boxplot(spreads)
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["hpsv2", "pickscore", "sum"]
     expect = float(np.median(spreads["stage 2"]["sum"]))
     assert f"{expect:.4g}" in fig.axes[2].get_title()
 
-    table = review.determinism_table({"A": stage2})
+    table = review_tables.determinism_table({"A": stage2})
     summed = table[(table["run"] == "A") & (table["score"] == "sum")].iloc[0]
     assert summed["before"] == pytest.approx(stage2.data.metrics["determinism/median_std_before"])
     assert summed["after"] < summed["before"]  # the fixture's stage 2 is less noisy
@@ -193,17 +193,17 @@ def test_registry_aliases_with_gate_reasons(client, store):
 
 def test_sample_grids_download_every_producer(client, store, evals, tmp_path):
     steps_ = review.step_runs(client, store["runs"]["with caption"])
-    items = review.sample_grids(client, steps_, evals["with caption"], tmp_path)
+    items = review_figures.sample_grids(client, steps_, evals["with caption"], tmp_path)
     titles = [t for t, _ in items]
     assert titles[0] == "stage1_1: validation/step-00000020.png"  # the newest grid of each stage
     assert titles[1] == "stage1_2: validation/step-00000050.png"
     assert "stage2: determinism/determinism_boxplot.png" in titles
     assert sum(t.startswith("evaluate") and t.endswith(f"{BENCH}/grid.png") for t in titles) == 2
     assert all(p.is_file() for _, p in items)
-    fig = review.image_grid(items[:2])
+    fig = review_figures.image_grid(items[:2])
     assert len(fig.axes) == 2 and fig.axes[0].get_images()[0].get_array().shape == (16, 24, 3)
     with pytest.raises(review.NoData):
-        review.sample_grids(client, {}, {}, tmp_path)
+        review_figures.sample_grids(client, {}, {}, tmp_path)
 
 
 def test_absent_view_says_why():

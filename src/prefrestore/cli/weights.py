@@ -198,7 +198,7 @@ def all_parts() -> dict[str, Any]:
 
 def cmd_manifests(args: argparse.Namespace) -> int:
     """Regenerate ``model/manifests`` and ``evaluation/manifests`` from the public classes on meta (``--check``: compare)."""
-    from prefrestore.model.parts import stale_manifests, write_manifests
+    from prefrestore.model.manifest import stale_manifests, write_manifests
 
     parts = all_parts()
     names = args.parts or list(parts)

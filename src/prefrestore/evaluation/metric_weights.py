@@ -29,7 +29,7 @@ from typing import Any
 from prefrestore.core.weights import WeightFile
 from prefrestore.metrics import iqa
 from prefrestore.model.headers import TensorInfo
-from prefrestore.model.parts import Part, module_tensors, on_meta, value
+from prefrestore.model.manifest import Part, module_tensors, on_meta, value
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 PYIQA_SRC = "pyiqa 0.1.16 (installed; chaofengc/IQA-PyTorch)"

@@ -1,34 +1,19 @@
-"""The public checkpoints the pretrained profiles start from, and their tensor manifests.
+"""The public checkpoints the pretrained profiles start from (Qwen3, SANA + DC-AE, TA-Tok, BLIP3o-NEXT, SigLIP2).
 
-Each :class:`Part` records where a public release lives in the local store, where its facts come
-from (repository, path, commit) and the config values that fix its tensor shapes. Its manifest
-(every tensor name, shape and published dtype) is derived from the public class, built on the
-``meta`` device with those config values (HF/diffusers classes), or from the public module code
-(TA-Tok, the BLIP3o-NEXT wrapper). ``prefrestore weights manifests`` writes them to
-``model/manifests/<part>.json``; ``--check`` compares the committed files with a fresh build.
-
-Config values carry their provenance: ``source`` says where the number was read. A value marked
-``unverified`` was not found in any public file this project could read; ``prefrestore weights
-verify`` compares it with the user's real file, which is the authority.
+Each part's manifest (every tensor name, shape and dtype) is built from the public class on ``meta``
+with the config values recorded here, each with its source (:mod:`prefrestore.model.manifest`). The
+captioner and reward backbones are in :mod:`prefrestore.model.aux_parts`; ``PARTS`` holds both.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from torch import nn
+from collections.abc import Mapping
+from typing import Any
 
 from prefrestore.core.weights import WeightFile
-from prefrestore.model.headers import TensorInfo, dtype_name
-
-MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
-MANIFEST_FORMAT = "prefrestore-manifest/1"
-Layout = Literal["safetensors_folder", "ta_tok_pth", "torch_state_dict", "torch_tensor", "npz"]
+from prefrestore.model.aux_parts import AUX_PARTS
+from prefrestore.model.headers import TensorInfo
+from prefrestore.model.manifest import SECONDARY, UNVERIFIED, Part, module_tensors, on_meta, value
 
 # Public code the facts below were read from (commits of the snapshots read for issue 17).
 TAR = {"repo": "csuhan/Tar", "commit": "47da8e15ee715b7efac7e97b4dc4da98145741eb"}
@@ -38,62 +23,8 @@ SANA_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_sana_t
                 "commit": "065628f582a780fb3ff7985c34edcf427a045733"}
 DCAE_CONVERT = {"repo": "huggingface/diffusers", "path": "scripts/convert_dcae_to_diffusers.py",
                 "commit": "074817cfdcc1af232610673ec560ebe3b4bcbe07"}
-UNVERIFIED = "unverified: not found in a public file read for this project; `weights verify` checks the real file"
-SECONDARY = "secondary (a public copy or a sibling model's config, not the publisher's file); `weights verify` checks the real file"
 OMNISERVE = {"repo": "NAVER-Cloud-HyperCLOVA-X/OmniServe", "path": "model_converter/converter.py",
              "commit": "ae0d33fe61773e099b5c221afed4bc23949181ed"}
-
-
-def value(v: Any, source: str) -> dict[str, Any]:
-    return {"value": v, "source": source}
-
-
-@dataclasses.dataclass(frozen=True)
-class Part:
-    name: str  # manifest id
-    title: str  # what it is
-    weight: WeightFile  # where it lives (root + relpath of the folder or file)
-    layout: Layout  # how its tensors are stored
-    subfolder: str  # folder inside ``weight`` holding config.json + safetensors ("" = the folder itself)
-    code: Mapping[str, str]  # public code that defines the module (repo, path, commit)
-    config: Mapping[str, Mapping[str, Any]]  # {key: {"value", "source"}}: values that fix the shapes
-    dtype: str  # published dtype of the weights ("unknown" where no public file says)
-    build: Callable[[Mapping[str, Any]], dict[str, TensorInfo]]  # config values -> {name: (shape, dtype)}
-    notes: tuple[str, ...] = ()  # layout facts a reader needs (ignored keys, renames)
-    state_key: str | None = None  # torch_state_dict: the file's state dict sits under this key (pyiqa weight_keys)
-    manifest_dir: Path = MANIFEST_DIR  # where its committed manifest lives
-
-    def values(self) -> dict[str, Any]:
-        return {k: v["value"] for k, v in self.config.items()}
-
-    def manifest(self) -> dict[str, Any]:
-        tensors = self.build(self.values())
-        return {"format": MANIFEST_FORMAT, "part": self.name, "title": self.title,
-                "store": {"root": self.weight.root, "relpath": self.weight.relpath, "subfolder": self.subfolder,
-                          "layout": self.layout, "source": self.weight.source,
-                          **({"state_key": self.state_key} if self.state_key else {})},
-                "code": dict(self.code), "config": {k: dict(v) for k, v in self.config.items()},
-                "dtype": self.dtype, "notes": list(self.notes), "num_tensors": len(tensors),
-                "num_parameters": sum(_numel(s) for s, _ in tensors.values()),
-                "tensors": {k: [list(s), d] for k, (s, d) in sorted(tensors.items())}}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def module_tensors(module: nn.Module, dtype: str, prefix: str = "") -> dict[str, TensorInfo]:
-    """Every entry of ``module.state_dict()`` (parameters and persistent buffers), shapes only."""
-    return {prefix + k: (tuple(v.shape), dtype if v.is_floating_point() else dtype_name(v.dtype))
-            for k, v in module.state_dict().items()}
-
-
-def on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
-    with torch.device("meta"):
-        return factory()
 
 
 # ------------------------------------------------------------------ Qwen3 (AR integrator)
@@ -356,174 +287,5 @@ def siglip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
     return module_tensors(on_meta(lambda: SiglipModel(SiglipConfig(text_config=txt, vision_config=vis))), dtype)
 
 
-# ------------------------------------------------------------------ captioner and reward / metric backbones
-QWEN25_32B_SRC = ("Qwen2.5-32B-Instruct text config (huggingface.co/GAIR/LIMO config.json, built on it) and a public "
-                  "copy of huggingface.co/Qwen/Qwen2.5-VL-32B-Instruct/raw/main/config.json; " + SECONDARY)
-
-
-def _hf_weight(name: str, repo: str, used_by: str) -> WeightFile:
-    return WeightFile(name, "hf", f"hub/models--{repo.replace('/', '--')}", None, used_by, f"hf:{repo}")
-
-
-def qwen25vl_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
-    """Qwen2_5_VLForConditionalGeneration, named as the published checkpoint: ``visual.*``, ``model.*``, ``lm_head``."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    vis = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("vision.")}
-    txt = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("text.")}
-    cfg = Qwen2_5_VLConfig(text_config=txt, vision_config=vis, tie_word_embeddings=txt["tie_word_embeddings"])
-    raw = module_tensors(on_meta(lambda: Qwen2_5_VLForConditionalGeneration(cfg)), dtype)
-    return {_qwen25vl_checkpoint_name(k): v for k, v in raw.items()}
-
-
-def _qwen25vl_checkpoint_name(key: str) -> str:
-    """transformers 5 nests ``model.language_model.`` / ``model.visual.``; the hub files use ``model.`` / ``visual.``."""
-    if key.startswith("model.visual."):
-        return key.removeprefix("model.")
-    return key.replace("model.language_model.", "model.", 1)
-
-
-QWEN25VL_32B = Part(
-    name="qwen2.5-vl-32b-instruct", title="Qwen2.5-VL-32B-Instruct (the captioner, Appendix D)",
-    weight=_hf_weight("qwen2.5-vl-32b", "Qwen/Qwen2.5-VL-32B-Instruct", "caption (qwen2_5_vl backend)"),
-    layout="safetensors_folder", subfolder="",
-    code={"repo": "huggingface/transformers", "path": "src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py",
-          "class": "Qwen2_5_VLForConditionalGeneration"},
-    config={"text.vocab_size": value(152064, QWEN25_32B_SRC), "text.hidden_size": value(5120, QWEN25_32B_SRC),
-            "text.intermediate_size": value(27648, QWEN25_32B_SRC),
-            "text.num_hidden_layers": value(64, "Qwen2.5-32B model card: 64 layers (ZHUI/paddlenlp_model_readme)"),
-            "text.num_attention_heads": value(40, "Qwen2.5-32B model card: 40 query heads (GQA)"),
-            "text.num_key_value_heads": value(8, "Qwen2.5-32B model card: 8 KV heads (GQA)"),
-            "text.tie_word_embeddings": value(False, "Qwen2.5-32B-Instruct text configs (GAIR/LIMO config.json: "
-                                              "tie_word_embeddings false); for the VL-32B itself " + UNVERIFIED),
-            "vision.depth": value(32, "Qwen2.5-VL vision config (acproject/duorou docs/qwen2.5vl_graph.md: 32 blocks)"),
-            "vision.hidden_size": value(1280, "Qwen2.5-VL vision config (duorou graph: width 1280)"),
-            "vision.intermediate_size": value(3456, "a public copy of the VL-32B config.json; " + SECONDARY
-                                              + " (the 7B model's tower uses 3420)"),
-            "vision.num_heads": value(16, "Qwen2.5-VL vision config (sgl-jax QwenVLModelVitConfig num_heads 16)"),
-            "vision.out_hidden_size": value(5120, "equals text.hidden_size (the merger projects into the LM)"),
-            "vision.fullatt_block_indexes": value([7, 15, 23, 31], "sgl-jax QwenVLModelVitConfig")},
-    dtype="BF16", build=lambda c: qwen25vl_tensors(c, "BF16"),
-    notes=("checkpoint names: visual.* and model.* (transformers 5 renames them to model.visual.* / "
-           "model.language_model.* at load)",),
-)
-
-
-def clip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
-    from transformers import CLIPConfig, CLIPModel
-
-    vis = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("vision.")}
-    txt = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith("text.")}
-    cfg = CLIPConfig(text_config=txt, vision_config=vis, projection_dim=c["projection_dim"])
-    return module_tensors(on_meta(lambda: CLIPModel(cfg)), dtype)
-
-
-def _clip_config(src: str, proj: int, text: tuple[int, int, int, int], vision: tuple[int, int, int, int]) -> dict:
-    tk = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    out = {"projection_dim": value(proj, src)}
-    out.update({f"text.{k}": value(v, src) for k, v in zip(tk, text, strict=True)})
-    out.update({f"vision.{k}": value(v, src) for k, v in zip(tk, vision, strict=True)})
-    out.update({"text.vocab_size": value(49408, src), "text.max_position_embeddings": value(77, src),
-                "vision.image_size": value(224, src), "vision.patch_size": value(14, src)})
-    return out
-
-
-CLIP_L14 = Part(
-    name="clip-vit-large-patch14", title="CLIP ViT-L/14 (openai; CLIP reward and ClipScore)",
-    weight=_hf_weight("clip-vit-large-patch14", "openai/clip-vit-large-patch14", "clip_score, clipscore_i/t, reward clip"),
-    layout="safetensors_folder", subfolder="",
-    code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
-    config=_clip_config("openai/clip-vit-large-patch14 config.json as copied in kohya-ss/musubi-tuner "
-                        "hunyuan_model/text_encoder.py CLIP_CONFIG (commit 7906419; text, projection 768, float32) and "
-                        "kakaobrain/karlo-v1-alpha-image-variations image_encoder/config.json (vision 1024/4096/24/16, "
-                        "224 px, patch 14); ViT-L/14 of the CLIP paper (Radford et al. 2021, Table 20)",
-                        768, (768, 3072, 12, 12), (1024, 4096, 24, 16)),
-    dtype="F32", build=lambda c: clip_tensors(c, "F32"),
-)
-PICKSCORE = Part(
-    name="pickscore-v1", title="PickScore_v1 (CLIP ViT-H/14 fine-tuned on Pick-a-Pic; reward and Table VIII)",
-    weight=_hf_weight("pickscore-v1", "yuvalkirstain/PickScore_v1", "pickscore, reward pickscore"),
-    layout="safetensors_folder", subfolder="",
-    code={"repo": "huggingface/transformers", "path": "src/transformers/models/clip/modeling_clip.py", "class": "CLIPModel"},
-    config=_clip_config("ViT-H/14 of open_clip (model_configs/ViT-H-14.json: width 1280, 32 layers, text width 1024, "
-                        "24 layers, embed_dim 1024) in HF CLIP form; PickScore_v1 is fine-tuned from "
-                        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K, whose config.json (commit 7198030) gives projection "
-                        "1024, text 1024/4096/24/16, vision 5120/32/16, float32; PickScore's own file " + UNVERIFIED,
-                        1024, (1024, 4096, 24, 16), (1280, 5120, 32, 16)),
-    dtype="F32", build=lambda c: clip_tensors(c, "F32"),
-)
-
-
-def open_clip_tensors(c: Mapping[str, Any], dtype: str) -> dict[str, TensorInfo]:
-    import open_clip
-
-    return module_tensors(on_meta(lambda: open_clip.create_model(c["model_name"], pretrained=None, device="meta")), dtype)
-
-
-HPSV21 = Part(
-    name="hpsv2.1", title="HPSv2.1 (open_clip ViT-H-14 fine-tuned; reward and Table VIII)",
-    weight=WeightFile("hpsv2.1", "store", "hpsv2/HPS_v2.1_compressed.pt", None, "hpsv2, reward hpsv21",
-                      "hf:xswu/HPSv2 (file HPS_v2.1_compressed.pt)"),
-    layout="torch_state_dict", subfolder="",
-    code={"repo": "mlfoundations/open_clip", "path": "src/open_clip/model_configs/ViT-H-14.json",
-          "class": "open_clip.CLIP"},
-    config={"model_name": value("ViT-H-14", "HPSv2 loads open_clip 'ViT-H-14' (installed open_clip 3.3.0 config: "
-                                "embed_dim 1024, vision 32 x 1280, text 24 x 1024, context 77, vocab 49408)")},
-    dtype="unknown", build=lambda c: open_clip_tensors(c, "unknown"),
-    notes=("the file is a torch pickle: read with weights_only=True; a top-level 'state_dict' key is unwrapped",),
-)
-
 MODEL_PARTS: tuple[Part, ...] = (BLIP3O_NEXT, QWEN3_06B, TA_TOK, SANA, DCAE, SIGLIP2)
-AUX_PARTS: tuple[Part, ...] = (QWEN25VL_32B, CLIP_L14, PICKSCORE, HPSV21)
 PARTS: dict[str, Part] = {p.name: p for p in (*MODEL_PARTS, *AUX_PARTS)}
-
-
-# ------------------------------------------------------------------ manifest files
-def manifest_path(name: str, folder: Path = MANIFEST_DIR) -> Path:
-    return folder / f"{name}.json"
-
-
-def write_manifests(parts: Mapping[str, Part], names: list[str] | None = None) -> list[Path]:
-    """Write each named part's manifest into its ``manifest_dir`` (default: all of ``parts``)."""
-    out = []
-    for name in names or list(parts):
-        part = parts[name]
-        part.manifest_dir.mkdir(parents=True, exist_ok=True)
-        path = manifest_path(name, part.manifest_dir)
-        path.write_text(dump_manifest(part.manifest()), encoding="utf-8")
-        out.append(path)
-    return out
-
-
-def dump_manifest(data: Mapping[str, Any]) -> str:
-    """JSON with one line per tensor (diff-friendly, a few hundred KB for a 32B model)."""
-    head = {k: v for k, v in data.items() if k != "tensors"}
-    text = json.dumps(head, indent=1)[:-2]
-    rows = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in data["tensors"].items())
-    return f"{text},\n \"tensors\": {{\n{rows}\n }}\n}}\n"
-
-
-def read_manifest(name: str, folder: Path = MANIFEST_DIR) -> dict[str, Any]:
-    path = manifest_path(name, folder)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run `prefrestore weights manifests`")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {MANIFEST_FORMAT}")
-    return data
-
-
-def manifest_tensors(data: Mapping[str, Any]) -> dict[str, TensorInfo]:
-    return {k: (tuple(s), d) for k, (s, d) in data["tensors"].items()}
-
-
-def stale_manifests(parts: Mapping[str, Part], names: list[str] | None = None) -> list[str]:
-    """Parts whose committed manifest differs from a fresh build (empty: all up to date)."""
-    stale = []
-    for name in names or list(parts):
-        part = parts[name]
-        path = manifest_path(name, part.manifest_dir)
-        if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != json.loads(
-                json.dumps(part.manifest())):
-            stale.append(name)
-    return stale

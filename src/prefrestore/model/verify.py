@@ -23,7 +23,8 @@ from prefrestore.model.headers import (
     load_ta_tok,
     read_folder,
 )
-from prefrestore.model.parts import PARTS, Part, manifest_tensors, read_manifest
+from prefrestore.model.manifest import Part, manifest_tensors, read_manifest
+from prefrestore.model.parts import PARTS
 from prefrestore.model.weight_map import (
     TA_TOK,
     PartReport,
