@@ -218,21 +218,27 @@ def check_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def noise_field(shape: tuple[int, ...], p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:
+def noise_field(shape: tuple[int, ...], p: DegradeParams, cfg: DegradeConfig, out: np.ndarray | None = None) -> np.ndarray:
     """The float32 ``n_delta`` field for an ``[h, w, c]`` image, from ``p.noise_seed`` alone.
 
     Drawn with torch's CPU generator (several times faster than numpy's for the 512x512 case), also
-    by the batched torch path, so both paths add the same noise.
+    by the batched torch path, so both paths add the same noise. ``out``: a float32 array of the
+    field's shape to draw into (the same values; :func:`add_noise` passes a reused buffer).
     """
     h, w, c = shape
     gen = torch.Generator(device="cpu").manual_seed(p.noise_seed)
-    field = torch.randn((h, w, c if cfg.noise_kind == "color" else 1), generator=gen, dtype=torch.float32)
-    return field.numpy() * np.float32(p.delta / 255.0)  # gray: [h, w, 1], broadcast over channels
+    field_shape = (h, w, c if cfg.noise_kind == "color" else 1)  # gray: [h, w, 1], broadcast over channels
+    if out is None:
+        out = np.empty(field_shape, dtype=np.float32)
+    torch.randn(field_shape, generator=gen, dtype=torch.float32, out=torch.from_numpy(out))
+    return np.multiply(out, np.float32(p.delta / 255.0), out=out)
 
 
 def add_noise(small: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:
     """``+ n_delta`` (Eq. 16), then clip to [0, 1] (released code). In place on float32 ``small``."""
-    small += noise_field(small.shape, p, cfg)
+    h, w, c = small.shape
+    field = degrade_fast.workspace("noise", (h, w, c if cfg.noise_kind == "color" else 1))
+    small += noise_field(small.shape, p, cfg, out=field)
     np.clip(small, 0.0, 1.0, out=small)
     return small
 
@@ -248,7 +254,8 @@ def jpeg_roundtrip(small: np.ndarray, q: int) -> np.ndarray:
 
 def upsample(lq_small: np.ndarray, height: int, width: int, cfg: DegradeConfig) -> np.ndarray:
     """``upsample_r`` (Eq. 16) back to ``(height, width)`` in float, then quantise to uint8."""
-    up = cv2.resize(lq_small.astype(np.float32), (width, height),
+    buffer = degrade_fast.workspace("upsample", (height, width, lq_small.shape[2]))  # reused: no page faults
+    up = cv2.resize(lq_small.astype(np.float32), (width, height), dst=buffer,
                     interpolation=degrade_fast.INTERPOLATION[cfg.up_interp])
     if cfg.up_interp == "cubic":  # cubic weights overshoot; linear and area weights are convex
         np.clip(up, 0.0, 255.0, out=up)
