@@ -192,7 +192,7 @@ def _direct(img: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray
     return cv2.resize(blurred, (w, h), interpolation=degrade_fast.INTERPOLATION[cfg.down_interp])
 
 
-@pytest.mark.parametrize("block", [1, 2, 8, 32])
+@pytest.mark.parametrize("block", [1, 2, 4, 8, 32])
 @pytest.mark.parametrize("interp", ["linear", "area", "cubic"])
 def test_every_block_size_gives_the_direct_result(block: int, interp: str, monkeypatch) -> None:
     """block_rows is a speed choice only: any block size, in either pass, gives the same result."""
@@ -209,6 +209,41 @@ def test_every_block_size_gives_the_direct_result(block: int, interp: str, monke
         assert (len(v) > 1) == (p.kernel == "aniso")
         got = degrade_fast.blur_downsample(img, v, h, lq_size(160, 160, p, cfg), interp)
         assert np.abs(got - _direct(img, p, cfg)).max() <= FLOAT_TOL
+
+
+def test_work_buffers_are_reused_and_never_returned() -> None:
+    """The per-thread work buffers (fast.workspace) are reused across draws, and no result is a view of one.
+
+    Draws of different sizes and both blur paths, in turn and again: each repeat gives the same bytes as
+    the first time (no state leaks from the draw before), no returned array shares memory with a buffer,
+    and a second thread gets its own buffers with the same results.
+    """
+    import threading
+
+    cfg = _cfg("released", aniso_prob=0.5)
+    img = face_like(256, seed=4)
+    draws = [
+        DegradeParams("iso", 6.0, 6.0, 0.0, 1.4, 3.0, 60, 1, False),  # large LQ, banded
+        DegradeParams("aniso", 9.0, 1.5, 0.8, 1.2, 5.0, 40, 2, False),  # small r, rotated: the DFT path
+        DegradeParams("aniso", 12.0, 3.0, -2.2, 9.0, 2.0, 70, 3, False),  # rank > 1, banded
+        DegradeParams("iso", 2.0, 2.0, 0.0, 20.0, 8.0, 50, 4, False),  # tiny LQ
+    ]
+    assert {blur_plan(p, cfg, img.shape)[0] for p in draws} == {"banded", "dft"}
+    first = [degrade(img, p, cfg) for p in draws]
+    smalls = [pre_jpeg(img, p, cfg) for p in draws]
+    buffers = dict(degrade_fast._WORKSPACE.__dict__)
+    assert {"image", "pass1", "pass1_t", "pass2", "dft_frame", "noise", "upsample"} <= set(buffers)
+    for out in first + smalls:
+        assert not any(np.shares_memory(out, buf) for buf in buffers.values())
+    again = [degrade(img, p, cfg) for p in reversed(draws)][::-1]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(degrade_fast._WORKSPACE.__dict__[name] is buf for name, buf in buffers.items())  # reused, not regrown
+
+    other: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: other.extend(degrade(img, p, cfg) for p in draws))
+    thread.start()
+    thread.join()
+    assert all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_fast_path_is_exact_to_float_tolerance_at_512() -> None:

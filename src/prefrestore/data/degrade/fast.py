@@ -252,19 +252,20 @@ def block_rows(ratio: float, rank: int, first_pass: bool) -> int:
     """Output rows per matrix product (speed only; every choice computes the same banded product).
 
     A block of ``b`` rows shares one band ``b r + L`` rows wide: large blocks keep BLAS efficient and
-    cut per-call overhead, small ones multiply fewer zeros. Measured (one core, 512 px, 41 taps):
-    with one rank term, blocks of 8 (in pass 1 only while ``r < 5``); with several (channel-interleaved
-    rows, a grid of blocks 1-8 x 1-8 at r 1.5-28 on rotated kernels), pairs of rows in pass 1 while
-    ``r < 5`` (the rank terms already make the product tall) and blocks of 8 in pass 2. Blocks of 4 in
-    pass 2 were 3-6% faster at r >= 3 when timed alone, but 8 shares :func:`band_layout`'s cache entries
-    with the isotropic draws: in a released-ranges run its misses drop from 14% to 8% of lookups at the
-    same size (each miss rebuilds a layout, ~0.45 ms), which is worth more.
+    cut per-call overhead, small ones multiply fewer zeros. Measured (one core, 512 px, 41 taps, the
+    work buffers reused; a grid of ranks 1-8 x r 1.2-28 x blocks 1-8, RESULTS.md, issue 20): pass 1
+    takes blocks of 4 for one rank term (20-37% faster than single rows at r >= 5) and for 2-3 terms
+    below r 5, pairs of rows for up to 6 terms (3 from r 5 on, 4-6 below r 13), single rows beyond;
+    pass 2 takes blocks of 4 at every rank (1.2-1.7x faster than 8 from 8 terms on at r < 10, within
+    4% of 8 for one term), so every rank shares :func:`band_layout`'s pass-2 cache entries.
     """
-    if rank == 1:
-        return 8 if ratio < 5.0 or not first_pass else 1
-    if first_pass:
-        return 2 if ratio < 5.0 else 1
-    return 8
+    if not first_pass:
+        return 4
+    if rank == 1 or (rank <= 3 and ratio < 5.0):
+        return 4
+    if rank <= 3 or (rank <= 6 and ratio < 13.0):
+        return 2
+    return 1
 
 
 def blur_downsample(
@@ -473,14 +474,14 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
 # Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
 # and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
-# the banded path's time is its flop count (both passes, with their block sizes) at ~41 GFLOP/s
-# (median error 15%; terms for calls and data moves did not improve the fit), the DFT path's is
-# 2 C real DFTs of the padded frame. Refit after the channel-interleaved banded rows and the real
-# spectrum product (three fits on a shared box: 2.36-2.46e-11 s/flop, 1.60-1.67e-10 s per DFT point and
-# log2 point); the fitted model picked the faster path in 99-100% of the measured cases, the worst
-# pick 1.01x the faster one. Only the choice depends on it, never a result.
-BANDED_S_PER_FLOP = 2.42e-11
-DFT_S_PER_POINT_LOG2 = 1.64e-10  # per point of the frame and log2(points), per real DFT (~3 ns a point at 560^2)
+# the banded path's time is its flop count (both passes, with their block sizes) at ~50 GFLOP/s
+# (median error 15-17%; terms for calls and data moves did not improve the fit), the DFT path's is
+# 2 C real DFTs of the padded frame. Refit after the work buffers (no page faults) and the retuned
+# blocks (two fits: 1.97-2.01e-11 s/flop, 1.20-1.21e-10 s per DFT point and log2 point); the fitted
+# model picked the faster path in 98% of the measured cases, the worst pick 1.11-1.14x the faster
+# one. Only the choice depends on it, never a result.
+BANDED_S_PER_FLOP = 1.99e-11
+DFT_S_PER_POINT_LOG2 = 1.2e-10  # per point of the frame and log2(points), per real DFT (~2.3 ns a point at 560^2)
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
