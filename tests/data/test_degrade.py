@@ -22,6 +22,7 @@ from prefrestore.data.degrade.direct import (
     kernel_radius,
     lq_size,
     params_for,
+    round_to_uint8,
 )
 
 
@@ -191,3 +192,16 @@ def test_real_faces(shared_faces, paper: DegradeConfig, released: DegradeConfig)
             # the reference path gives the same image up to JPEG re-quantisation of 1-LSB input changes
             ref = degrade_reference(hq, p, cfg)
             assert np.abs(ref.astype(int) - lq).mean() < 0.5
+
+
+def test_round_to_uint8_is_rint_on_the_unit_interval() -> None:
+    """The JPEG input quantisation equals np.rint(x * 255) to uint8 on [0, 1], half-integer edges included."""
+    edges = []
+    for k in range(256):
+        half = np.float32((k + 0.5) / 255.0)
+        edges += [np.nextafter(half, np.float32(-1)), half, np.nextafter(half, np.float32(2)), np.float32(k / 255.0)]
+    x = np.clip(np.array(edges, dtype=np.float32), 0.0, 1.0).reshape(-1, 4)
+    rng = np.random.default_rng(0)
+    for arr in (x, rng.random((257, 311, 3), dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32)):
+        assert np.array_equal(round_to_uint8(arr), np.rint(arr * 255.0).astype(np.uint8))
+    assert round_to_uint8(np.array([[1.5]], dtype=np.float32))[0, 0] == 255  # saturates (astype would wrap)

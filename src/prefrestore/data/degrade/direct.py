@@ -243,9 +243,19 @@ def add_noise(small: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.nda
     return small
 
 
+def round_to_uint8(small: np.ndarray) -> np.ndarray:
+    """``np.rint(small * 255)`` as uint8 for float32 ``small`` in [0, 1]: what cv2.imencode does to the released float input.
+
+    One saturating round-half-even SIMD pass (``cv2.convertScaleAbs``), bit-identical to ``np.rint`` +
+    ``astype`` on [0, 1] (tested on the half-integer edges); 0.06 ms at 512^2 against 0.3-3 ms for
+    those two passes and their temporaries. Above 1 it saturates at 255 where ``astype`` wraps.
+    """
+    return cv2.convertScaleAbs(small, alpha=255.0)
+
+
 def jpeg_roundtrip(small: np.ndarray, q: int) -> np.ndarray:
     """``JPEG_q`` (Eq. 16) with OpenCV's encoder (4:2:0, integer quality), on RGB; uint8 out."""
-    u8 = np.rint(small * 255.0).astype(np.uint8)  # what cv2.imencode does to the released float input
+    u8 = round_to_uint8(small)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(u8, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(q)])
     if not ok:
         raise RuntimeError(f"OpenCV JPEG encoding failed (q={q}, shape={u8.shape})")
