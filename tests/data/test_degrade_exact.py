@@ -211,6 +211,34 @@ def test_every_block_size_gives_the_direct_result(block: int, interp: str, monke
         assert np.abs(got - _direct(img, p, cfg)).max() <= FLOAT_TOL
 
 
+@pytest.mark.parametrize(("rank", "block", "want"), [(1, 1, 1), (2, 1, 2), (3, 1, 4), (5, 1, 8), (7, 1, 8),
+                                                    (9, 1, 12), (3, 2, 4), (5, 2, 6), (7, 2, 8), (3, 4, 3), (7, 8, 7)])
+def test_padded_rank_rounds_product_rows_to_fours(rank: int, block: int, want: int) -> None:
+    """Pass 1's products get a multiple of 4 rows (terms x block) from 3 terms on, for single rows and pairs only."""
+    assert degrade_fast.padded_rank(rank, block) == want
+    assert want >= rank
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_zero_padded_terms_leave_the_result(block: int, monkeypatch) -> None:
+    """The zero terms pass 1 adds (padded_rank) change no output beyond float32 rounding, and are never read."""
+    monkeypatch.setattr(degrade_fast, "block_rows", lambda ratio, rank, first_pass: block)
+    cfg = _cfg("released")
+    img = face_like(160, seed=5)
+    p = DegradeParams("aniso", 5.0, 1.5, 0.4, 3.3, 0.0, 50, 0, False)  # rank 9: 12 terms, or 10 in pairs
+    v, h = kernel_factors(p, cfg)
+    assert degrade_fast.padded_rank(len(v), block) > len(v)  # this kernel's rank is padded
+    out_hw = lq_size(160, 160, p, cfg)
+    padded = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
+    degrade_fast.workspace("pass1", (64, 160 * 160 * 3)).fill(np.nan)  # stale rows must not leak in
+    again = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
+    monkeypatch.setattr(degrade_fast, "padded_rank", lambda rank, block: rank)
+    plain = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
+    assert np.array_equal(padded, again)
+    assert np.abs(padded - plain).max() <= ROUNDING
+    assert np.abs(padded - _direct(img, p, cfg)).max() <= FLOAT_TOL
+
+
 def test_work_buffers_are_reused_and_never_returned() -> None:
     """The per-thread work buffers (fast.workspace) are reused across draws, and no result is a view of one.
 

@@ -16,7 +16,8 @@ re-implementation. Row ``i`` of ``A_s`` is nonzero only on a band of ``L + 1`` i
 plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead of ``O(H W L^2)``:
 
 1. pass 1: for each output row (or small block of rows, :func:`block_rows`), one
-   ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once;
+   ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once (with zero terms
+   added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`);
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
    them: ``Y^T[(x, s), (i, c)]`` (the image rows stay channel-interleaved, so this is one C-channel
    transpose of the ``R n`` rows of pass 1);
@@ -209,9 +210,11 @@ def band_layout(
     band of every output row is stored as ``span`` values, so the operators of kernels ``K [R, L]``
     are ``scatter @ K.T``: ``[blocks * block * span, R]``, row ``(k, i, t)`` = weight of input row
     ``start[k] + t`` in output row ``k block + i`` (rows past ``size_out`` are zero). Cached per
-    geometry: 384 entries. At the released ranges (r in [1, 30], half the draws rotated: 539 keys in
-    all) the 384 most used take about 60 MB and answer 96% of lookups in a long run (256: 92%); a miss
-    costs ~0.45 ms, a large share of a small-r draw's blur.
+    geometry: 384 entries. At the released ranges (r in [1, 30], half the draws rotated) the blocks of
+    :func:`block_rows` give about 3 keys per LQ size; 384 entries answered 94% of lookups after 1200
+    draws (768: 95%, for up to twice the memory: the 287 keys of 800 draws held 37 MB); a miss costs
+    0.5-1 ms (mostly scipy's CSR build and the reflect-101 indices), which is the rare large LQ
+    sizes of r < 4. Measured 2026-12-07, RESULTS.md, issue 20, follow-up 4.
     """
     rows, src, vals = _operator_layout(size_in, size_out, interp, length)
     first = np.full(size_out, size_in, dtype=np.int64)
@@ -248,24 +251,56 @@ def band_operators(
 # --------------------------------------------------------------------------- blur + downsample
 
 
+# Pass 1's block choice by rank: (r below which it takes blocks of 4, r below which pairs of rows; single
+# rows beyond). Measured on one core of the AMD EPYC dev box (Zen 5, AVX-512; numpy's OpenBLAS 0.3.31),
+# best of 5 over a grid of ranks 1-12 x r 1.2-25 x blocks 1-16 with and without zero-padded terms
+# (RESULTS.md, issue 20, follow-up 4). Ranks above 12 take the rank-12 row.
+PASS1_BLOCKS: dict[int, tuple[float, float]] = {
+    2: (11.0, math.inf), 3: (21.0, 21.0), 4: (9.0, 15.0), 5: (10.0, 19.0), 6: (5.0, 19.0), 7: (5.0, 10.0),
+    8: (2.6, 10.0), 9: (4.5, 11.0), 10: (2.6, 9.0), 11: (3.5, 9.0), 12: (1.9, 5.0),
+}
+
+
 def block_rows(ratio: float, rank: int, first_pass: bool) -> int:
     """Output rows per matrix product (speed only; every choice computes the same banded product).
 
     A block of ``b`` rows shares one band ``b r + L`` rows wide: large blocks keep BLAS efficient and
-    cut per-call overhead, small ones multiply fewer zeros. Measured (one core, 512 px, 41 taps, the
-    work buffers reused; a grid of ranks 1-8 x r 1.2-28 x blocks 1-8, RESULTS.md, issue 20): pass 1
-    takes blocks of 4 for one rank term (20-37% faster than single rows at r >= 5) and for 2-3 terms
-    below r 5, pairs of rows for up to 6 terms (3 from r 5 on, 4-6 below r 13), single rows beyond;
-    pass 2 takes blocks of 4 at every rank (1.2-1.7x faster than 8 from 8 terms on at r < 10, within
-    4% of 8 for one term), so every rank shares :func:`band_layout`'s pass-2 cache entries.
+    cut per-call overhead, small ones multiply fewer zeros. What wins depends on the GEMM kernel's
+    shapes: on the dev box's OpenBLAS a product of 8 rows costs about as much as one of 2 and a
+    third less than one of 5-7 (``[M, 43] @ [43, 1536]``: 9.5 us at M = 2, 13.9-18.2 at 5-7, 10.9
+    at 8; M = 1 takes the GEMV path, 3.4), so pass 1 counts the rows of a product (``b`` times the
+    terms, :func:`padded_rank`) as well as the zeros. Measured choices (one core, 512 px, 41 taps;
+    within 0.4% of the grid's best in total, worst case 1.14x; RESULTS.md, issue 20, follow-up 4):
+    pass 1 takes 8 rows for one term below r 6.5 and single rows beyond, 8 rows for 2-3 terms below
+    r 2.6 (4 terms below 1.4), else :data:`PASS1_BLOCKS`; pass 2 (``[b, span R] @ [span R, n C]``)
+    takes 16 rows below r 2, 8 below 3.5 (and for up to 2 terms below 6.5), 4 for up to 4 terms,
+    single columns beyond.
     """
     if not first_pass:
-        return 4
-    if rank == 1 or (rank <= 3 and ratio < 5.0):
-        return 4
-    if rank <= 3 or (rank <= 6 and ratio < 13.0):
-        return 2
-    return 1
+        if ratio < 2.0:
+            return 16
+        if ratio < 3.5 or (rank <= 2 and ratio < 6.5):
+            return 8
+        return 4 if rank <= 4 else 1
+    if rank == 1:
+        return 8 if ratio < 6.5 else 1
+    if (rank <= 3 and ratio < 2.6) or (rank == 4 and ratio < 1.4):
+        return 8
+    four, two = PASS1_BLOCKS[min(rank, 12)]
+    return 4 if ratio < four else 2 if ratio < two else 1
+
+
+def padded_rank(rank: int, block: int) -> int:
+    """The terms pass 1 computes for ``rank`` real ones at ``block`` rows: zero terms added (speed only).
+
+    A product has ``rank x block`` rows; OpenBLAS runs multiples of 4 rows fastest (see
+    :func:`block_rows`), so single rows of 3 terms take 4 (a zero term) and pairs of rows an even
+    count (7 -> 8, 11 -> 12 on single rows: 1.2-1.3x faster in the grid). The zero terms' rows are
+    computed and never read. One or two terms, and blocks of 4 or more, are left as they are.
+    """
+    if rank <= 2 or block >= 4:
+        return rank
+    return -(-rank * block // 4) * 4 // block
 
 
 def blur_downsample(
@@ -290,19 +325,25 @@ def blur_downsample(
 
     # Pass 1 (vertical): y[s, i] = (A_s X)[i] / 255, each block of output rows from its band of X.
     block = block_rows(height / out_h, rank, first_pass=True)
+    terms = padded_rank(rank, block)  # terms >= rank: the extra ones are zero, computed and never read
     ops, start, span = band_operators(v_kernels * (1.0 / 255.0), height, out_h, interp, block)
-    ops1 = np.ascontiguousarray(ops.transpose(0, 3, 1, 2), dtype=np.float32).reshape(len(start), rank * block, span)
-    y = workspace("pass1", (rank, out_h, cols))
+    ops1 = np.zeros((len(start), terms, block, span), dtype=np.float32)
+    ops1[:, :rank] = ops.transpose(0, 3, 1, 2)
+    ops1 = ops1.reshape(len(start), terms * block, span)
+    y = workspace("pass1", (terms, out_h, cols))
+    product = workspace("pass1_block", (terms * block, cols)) if terms > 1 < block else None
     for k, lo in enumerate(start.tolist()):
         band = x[lo : lo + span]
         i0 = k * block
         rows = min(block, out_h - i0)
-        if block == 1:  # all rank terms of one output row
+        if block == 1:  # all terms of one output row
             np.matmul(ops1[k], band, out=y[:, i0])
-        elif rank == 1:
+        elif terms == 1:
             np.matmul(ops1[k, :rows], band, out=y[0, i0 : i0 + rows])
         else:  # product rows are (term s, row i of the block): scattered to y[s, i0 + i]
-            y[:, i0 : i0 + rows] = (ops1[k] @ band).reshape(rank, block, cols)[:, :rows]
+            np.matmul(ops1[k], band, out=product)
+            y[:, i0 : i0 + rows] = product.reshape(terms, block, cols)[:, :rows]
+    y = y[:rank]
 
     # Transpose to yt[(x, s), (i, c)]: input column x of every rank term, output (row, channel) pairs.
     # y[s, i, x, c] is a C-channel image of R out_h rows; its transpose is [x, (s, i), c].
@@ -474,22 +515,22 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
 # Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
 # and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
-# the banded path's time is its flop count (both passes, with their block sizes) at ~50 GFLOP/s
-# (median error 15-17%; terms for calls and data moves did not improve the fit), the DFT path's is
-# 2 C real DFTs of the padded frame. Refit after the work buffers (no page faults) and the retuned
-# blocks (two fits: 1.97-2.01e-11 s/flop, 1.20-1.21e-10 s per DFT point and log2 point); the fitted
-# model picked the faster path in 98% of the measured cases, the worst pick 1.11-1.14x the faster
-# one. Only the choice depends on it, never a result.
-BANDED_S_PER_FLOP = 1.99e-11
-DFT_S_PER_POINT_LOG2 = 1.2e-10  # per point of the frame and log2(points), per real DFT (~2.3 ns a point at 560^2)
+# the banded path's time is its flop count (both passes, with their block sizes and padded terms) at
+# ~50 GFLOP/s (median error 8-10%; terms for calls and data moves did not improve the fit), the DFT
+# path's is 2 C real DFTs of the padded frame. Refit after the blocks were retuned with padded terms
+# (follow-up 4; two fits: 1.94-1.97e-11 s/flop, 0.92-1.03e-10 s per DFT point and log2 point); the
+# fitted model picked the faster path in 94-99% of the measured cases, the worst pick 1.04-1.25x the
+# faster one. Only the choice depends on it, never a result.
+BANDED_S_PER_FLOP = 1.96e-11
+DFT_S_PER_POINT_LOG2 = 9.7e-11  # per point of the frame and log2(points), per real DFT (~1.9 ns a point at 560^2)
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
-    """Modelled seconds of :func:`blur_downsample`: the multiply-adds of both passes, zeros of the blocks included."""
+    """Modelled seconds of :func:`blur_downsample`: the multiply-adds of both passes, zeros of the blocks and padded terms included."""
     (height, width), (out_h, out_w) = in_hw, out_hw
     b1, b2 = block_rows(height / out_h, rank, True), block_rows(width / out_w, rank, False)
     span1, span2 = b1 * height / out_h + length, b2 * width / out_w + length  # band rows per block
-    return BANDED_S_PER_FLOP * 2.0 * rank * channels * out_h * (span1 * width + span2 * out_w)
+    return BANDED_S_PER_FLOP * 2.0 * channels * out_h * (padded_rank(rank, b1) * span1 * width + rank * span2 * out_w)
 
 
 def dft_cost(length: int, in_hw: tuple[int, int], channels: int) -> float:
