@@ -7,7 +7,7 @@
 * reference: ``direct.degrade_reference`` (released ``degrade_image`` style: full-resolution
   ``cv2.filter2D`` with the 2-D kernel, then resize, noise, JPEG, resize back).
 * fast: ``direct.degrade`` (per sample, by ``direct.blur_plan``: the banded blur computed only where
-  the resize samples, or the whole blur by DFT; fast.py).
+  the resize samples, or the whole blur by DFT; fast.py, dft.py).
 * torch: ``on_the_fly.degrade_batch`` on batches (CPU, one thread; or ``--device cuda``).
 
 One thread everywhere (torch, OpenCV, BLAS), so the CPU figures are images/s per core. Both CPU
@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from prefrestore.core.config import load  # noqa: E402
+from prefrestore.data.degrade import dft as degrade_dft  # noqa: E402
 from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
 from prefrestore.data.degrade.direct import (  # noqa: E402
     DegradeConfig,
@@ -122,7 +123,7 @@ def stage_breakdown(imgs: list[np.ndarray], params: list, cfg: DegradeConfig) ->
         t.append(time.thread_time())
         out_hw = lq_size(*img.shape[:2], p, cfg)
         if factors is None:
-            small = degrade_fast.blur_downsample_dft(img, gaussian_kernel(p, cfg), out_hw, cfg.down_interp)
+            small = degrade_dft.blur_downsample_dft(img, gaussian_kernel(p, cfg), out_hw, cfg.down_interp)
         else:
             small = degrade_fast.blur_downsample(img, *factors, out_hw, cfg.down_interp)
         t.append(time.thread_time())
@@ -257,7 +258,7 @@ def bench_loader(profile: str, folder: Path, n: int) -> dict:
 
 
 def fit_cost_model(size: int, folder: Path | None) -> dict:
-    """Refit ``fast.BANDED_S_PER_FLOP`` and ``fast.DFT_S_PER_POINT_LOG2`` on this machine (--fit-cost-model).
+    """Refit ``dft.BANDED_S_PER_FLOP`` and ``dft.DFT_S_PER_POINT_LOG2`` on this machine (--fit-cost-model).
 
     Times ``blur_downsample`` with random rank-R factors (R 1-27) and ``blur_downsample_dft`` at r 1-30
     (41 taps, CPU time, best of 5 after a pass that fills the caches), fits seconds = s/flop x
@@ -276,16 +277,16 @@ def fit_cost_model(size: int, folder: Path | None) -> dict:
         for timed_pass in (False, True):
             for r in (1.0, 1.3, 1.7, 2.2, 3.0, 4.0, 6.0, 9.0, 14.0, 22.0, 30.0):
                 out_hw = (int(size // r), int(size // r))
-                t_dft = best(degrade_fast.blur_downsample_dft, kernel, out_hw, "linear")
+                t_dft = best(degrade_dft.blur_downsample_dft, kernel, out_hw, "linear")
                 for rank in (1, 2, 3, 5, 8, 12, 18, 27):
                     v, h = rng.random((rank, 41)), rng.random((rank, 41))
                     t_banded = best(degrade_fast.blur_downsample, v, h, out_hw, "linear")
-                    unit = degrade_fast.banded_cost(rank, 41, (size, size), out_hw, 3) / degrade_fast.BANDED_S_PER_FLOP
+                    unit = degrade_dft.banded_cost(rank, 41, (size, size), out_hw, 3) / degrade_dft.BANDED_S_PER_FLOP
                     if timed_pass:
                         rows.append((unit, t_banded, t_dft))
     unit, t_banded, t_dft = (np.array(col) for col in zip(*rows, strict=True))
     s_per_flop = float(np.sum(unit / t_banded) / np.sum((unit / t_banded) ** 2))  # min sum (pred / t - 1)^2
-    model_dft = degrade_fast.dft_cost(41, (size, size), 3) / degrade_fast.DFT_S_PER_POINT_LOG2
+    model_dft = degrade_dft.dft_cost(41, (size, size), 3) / degrade_dft.DFT_S_PER_POINT_LOG2
     pred = s_per_flop * unit
     picked = np.where(pred < t_dft, t_banded, t_dft)
     return {"s_per_flop": s_per_flop, "dft_s_per_point_log2": float(np.median(t_dft)) / model_dft,
@@ -307,7 +308,7 @@ def main() -> int:
     parser.add_argument("--buckets", action="store_true", help="also time by r bucket x kernel (last profile)")
     parser.add_argument("--per-bucket", type=int, default=5, help="draws per bucket and run")
     parser.add_argument("--loader", action="store_true", help="also time OnTheFlyPairs per worker (needs --images)")
-    parser.add_argument("--fit-cost-model", action="store_true", help="only refit fast.py's path cost model")
+    parser.add_argument("--fit-cost-model", action="store_true", help="only refit dft.py's path cost model")
     args = parser.parse_args()
     steady = steady_allocator()
     torch.set_num_threads(1)
@@ -315,7 +316,7 @@ def main() -> int:
     if args.fit_cost_model:
         fit = fit_cost_model(args.size, args.images)
         print(f"BANDED_S_PER_FLOP = {fit['s_per_flop']:.3g}, DFT_S_PER_POINT_LOG2 = {fit['dft_s_per_point_log2']:.3g} "
-              f"(now {degrade_fast.BANDED_S_PER_FLOP:.3g}, {degrade_fast.DFT_S_PER_POINT_LOG2:.3g}); median error "
+              f"(now {degrade_dft.BANDED_S_PER_FLOP:.3g}, {degrade_dft.DFT_S_PER_POINT_LOG2:.3g}); median error "
               f"{fit['median_rel_err']:.0%}; faster path picked in {fit['agree']:.0%}, worst pick "
               f"{fit['worst_pick']:.2f}x the faster")
         return 0

@@ -17,6 +17,7 @@ import pytest
 from helpers.faces import face_like
 
 from prefrestore.core.config import load
+from prefrestore.data.degrade import dft as degrade_dft
 from prefrestore.data.degrade import fast as degrade_fast
 from prefrestore.data.degrade.direct import (
     DegradeConfig,
@@ -310,7 +311,7 @@ def test_dft_blur_is_the_direct_blur(interp: str, shape: tuple[int, int], out_hw
     img = face_like(max(shape), seed=7)[: shape[0], : shape[1]].copy()
     for p in (DegradeParams("aniso", 8.0, 2.0, 0.7, 1.3, 0.0, 50, 0, False),
               DegradeParams("iso", 15.0, 15.0, 0.0, 1.3, 0.0, 50, 0, False)):
-        got = degrade_fast.blur_downsample_dft(img, gaussian_kernel(p, cfg), out_hw, interp)
+        got = degrade_dft.blur_downsample_dft(img, gaussian_kernel(p, cfg), out_hw, interp)
         kernel = gaussian_kernel(p, cfg).astype(np.float32)
         blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
         want = cv2.resize(blurred, out_hw[::-1], interpolation=degrade_fast.INTERPOLATION[interp])
@@ -328,8 +329,8 @@ def test_centred_spectrum_multiplier_is_the_real_dft_of_the_centred_kernel(size_
     frame = np.zeros((size_y, size_x), dtype=np.float32)
     offsets = np.arange(-radius, radius + 1)
     frame[np.ix_(offsets % size_y, offsets % size_x)] = kernel
-    want = degrade_fast._real_spectrum_multiplier(cv2.dft(frame))
-    got = degrade_fast.centred_spectrum_multiplier(kernel, size_y, size_x)
+    want = degrade_dft._real_spectrum_multiplier(cv2.dft(frame))
+    got = degrade_dft.centred_spectrum_multiplier(kernel, size_y, size_x)
     assert got.dtype == np.float32 and got.shape == (size_y, size_x)
     assert np.abs(got - want).max() <= 1e-6
 
@@ -339,7 +340,7 @@ def test_dft_blur_of_a_kernel_without_point_symmetry_is_the_direct_correlation()
     img = face_like(160, seed=5)
     kernel = np.random.default_rng(0).random((41, 41))
     kernel /= kernel.sum()
-    got = degrade_fast.blur_downsample_dft(img, kernel, (61, 61), "linear")
+    got = degrade_dft.blur_downsample_dft(img, kernel, (61, 61), "linear")
     blurred = cv2.filter2D(img.astype(np.float32) / 255.0, -1, kernel.astype(np.float32),
                            borderType=cv2.BORDER_REFLECT_101)
     assert np.abs(got - cv2.resize(blurred, (61, 61), interpolation=cv2.INTER_LINEAR)).max() <= ROUNDING
@@ -347,18 +348,18 @@ def test_dft_blur_of_a_kernel_without_point_symmetry_is_the_direct_correlation()
 
 def test_dft_size_is_a_fast_size_that_fits() -> None:
     """dft_size: at least the padded size, even, 2^a 3^b 5^c times at most one 7; 560 for a 512-px face."""
-    assert degrade_fast.dft_size(512 + 41 - 1) == 560
+    assert degrade_dft.dft_size(512 + 41 - 1) == 560
     for n in range(2, 1200):
-        size = degrade_fast.dft_size(n)
+        size = degrade_dft.dft_size(n)
         assert n <= size <= cv2.getOptimalDFTSize(n)
         if size != cv2.getOptimalDFTSize(n):
-            assert size % 56 == 0 and degrade_fast._smooth235(size // 7)
+            assert size % 56 == 0 and degrade_dft._smooth235(size // 7)
 
 
 def test_dft_blur_refuses_a_kernel_wider_than_the_image() -> None:
     with pytest.raises(ValueError, match="wider"):
-        degrade_fast.blur_downsample_dft(face_like(20, seed=1), np.ones((41, 41)) / 41**2, (10, 10), "linear")
-    assert not degrade_fast.dft_is_cheaper(40, 41, (20, 20), (20, 20), 3)  # so blur_plan never picks it there
+        degrade_dft.blur_downsample_dft(face_like(20, seed=1), np.ones((41, 41)) / 41**2, (10, 10), "linear")
+    assert not degrade_dft.dft_is_cheaper(40, 41, (20, 20), (20, 20), 3)  # so blur_plan never picks it there
 
 
 def test_small_r_anisotropic_uses_the_dft_path_and_equals_direct(monkeypatch) -> None:
@@ -391,8 +392,8 @@ def test_blur_plan_follows_the_cost_model() -> None:
             assert path == blur_plan(p, cfg, (size, size, 3))[0]  # a function of the params only
             rank = len(kernel_factors(p, cfg)[0])
             length, out_hw = 2 * kernel_radius(p, cfg) + 1, lq_size(size, size, p, cfg)
-            banded = degrade_fast.banded_cost(rank, length, (size, size), out_hw, 3)
-            assert (path == "dft") == (degrade_fast.dft_cost(length, (size, size), 3) < banded)
+            banded = degrade_dft.banded_cost(rank, length, (size, size), out_hw, 3)
+            assert (path == "dft") == (degrade_dft.dft_cost(length, (size, size), 3) < banded)
             assert (factors is None) == (path == "dft")
             paths.append((path, p.r))
         dft_r = [r for path, r in paths if path == "dft"]

@@ -10,8 +10,8 @@
 * :func:`draw_params` draws one :class:`DegradeParams` (every random choice, including the noise
   seed); :func:`params_for` derives it from ``(seed, sample id, epoch)`` only, so a sample's
   degradation never depends on worker count or order.
-* :func:`degrade` applies the params (fast exact paths, :mod:`prefrestore.data.degrade.fast`: banded
-  or DFT, per sample by :func:`blur_plan`) and is bit-exact on replay; :func:`degrade_reference` is the direct full-resolution implementation in the
+* :func:`degrade` applies the params (fast exact paths: banded, :mod:`prefrestore.data.degrade.fast`,
+  or DFT, :mod:`prefrestore.data.degrade.dft`; per sample by :func:`blur_plan`) and is bit-exact on replay; :func:`degrade_reference` is the direct full-resolution implementation in the
   released code's style (``cv2.filter2D`` at full resolution, then resize): the baseline and the
   ground truth the fast path is tested against.
 * Self-reconstruction (Appendix F-B): with probability ``p_rec`` the sample is (HQ, HQ).
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from prefrestore.core.config import check_interval, check_range
+from prefrestore.data.degrade import dft as degrade_dft
 from prefrestore.data.degrade import fast as degrade_fast
 
 KernelKind = Literal["iso", "aniso"]
@@ -297,18 +298,18 @@ def blur_plan(
     """The cheaper exact path for the blur + downsample of Eq. 16 on an ``[H, W, C]`` image, from ``p``.
 
     ``("banded", (v, h))`` with the kernel's separable factors (:func:`degrade_fast.blur_downsample`,
-    cost ~ rank x LQ size) or ``("dft", None)`` (:func:`degrade_fast.blur_downsample_dft`, constant
-    cost), whichever the cost model of :mod:`prefrestore.data.degrade.fast` says is cheaper: the DFT
+    cost ~ rank x LQ size) or ``("dft", None)`` (:func:`degrade_dft.blur_downsample_dft`, constant
+    cost), whichever the cost model of :mod:`prefrestore.data.degrade.dft` says is cheaper: the DFT
     path where a high-rank (rotated anisotropic) kernel meets a small ``r``. A function of ``p``,
     ``cfg`` and the shape only, so deterministic under a seed. The kernel is factored only when a
     rank-1 banded pass would not already lose.
     """
     height, width, channels = shape
     length, out_hw = 2 * kernel_radius(p, cfg) + 1, lq_size(height, width, p, cfg)
-    if degrade_fast.dft_is_cheaper(1, length, (height, width), out_hw, channels):
+    if degrade_dft.dft_is_cheaper(1, length, (height, width), out_hw, channels):
         return "dft", None
     factors = kernel_factors(p, cfg)
-    if degrade_fast.dft_is_cheaper(len(factors[0]), length, (height, width), out_hw, channels):
+    if degrade_dft.dft_is_cheaper(len(factors[0]), length, (height, width), out_hw, channels):
         return "dft", None
     return "banded", factors
 
@@ -323,7 +324,7 @@ def pre_jpeg(image: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndar
     out_hw = lq_size(image.shape[0], image.shape[1], p, cfg)
     _, factors = blur_plan(p, cfg, image.shape)
     if factors is None:  # the DFT path
-        small = degrade_fast.blur_downsample_dft(image, gaussian_kernel(p, cfg), out_hw, cfg.down_interp)
+        small = degrade_dft.blur_downsample_dft(image, gaussian_kernel(p, cfg), out_hw, cfg.down_interp)
     else:
         small = degrade_fast.blur_downsample(image, *factors, out_hw, cfg.down_interp)
     return add_noise(small, p, cfg)
