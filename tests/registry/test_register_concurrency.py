@@ -170,7 +170,14 @@ def race_once(server: str, cfg, rnd: int) -> None:
     best = max(candidates, key=lambda v: candidates[v]["celeba_test/psnr"])
     assert assert_consistent(client, name, cfg) == best  # the alias, and the only champion tag
     assert results[best].champion == best and results[best].outcome == "champion"
-    assert all(r.outcome in ("superseded", "rejected") for v, r in results.items() if v != best)
+    # Once all have returned, every loser's recorded outcome says so (swept). A promoter's return value is
+    # what held when it returned: one that finished before a better candidate recorded its pass may
+    # report itself champion then, and only with itself as the champion it saw (the module's guarantee
+    # is about the registry after all promoters return, not about earlier return values).
+    for v, r in results.items():
+        if v != best:
+            assert client.get_model_version(name, str(v)).tags[register.TAG_OUTCOME] in ("superseded", "rejected")
+            assert r.outcome in ("superseded", "rejected") or (r.outcome == "champion" and r.champion == v)
 
 
 def test_a_chain_of_small_losses_stops_at_the_tolerance(server, cfg):
