@@ -196,8 +196,9 @@ def _direct(img: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray
 @pytest.mark.parametrize("block", [1, 2, 4, 8, 32])
 @pytest.mark.parametrize("interp", ["linear", "area", "cubic"])
 def test_every_block_size_gives_the_direct_result(block: int, interp: str, monkeypatch) -> None:
-    """block_rows is a speed choice only: any block size, in either pass, gives the same result."""
-    monkeypatch.setattr(degrade_fast, "block_rows", lambda ratio, rank, first_pass: block)
+    """The block tables are a speed choice only: any block size, in either pass, gives the same result."""
+    monkeypatch.setattr(degrade_fast, "pass1_shape", lambda ratio, rank: (block, rank))
+    monkeypatch.setattr(degrade_fast, "pass2_block", lambda ratio, rank: block)
     cfg = _cfg("released", down_interp=interp, up_interp=interp)
     img = face_like(160, seed=3)
     for p in (
@@ -212,28 +213,42 @@ def test_every_block_size_gives_the_direct_result(block: int, interp: str, monke
         assert np.abs(got - _direct(img, p, cfg)).max() <= FLOAT_TOL
 
 
-@pytest.mark.parametrize(("rank", "block", "want"), [(1, 1, 1), (2, 1, 2), (3, 1, 4), (5, 1, 8), (7, 1, 8),
-                                                    (9, 1, 12), (3, 2, 4), (5, 2, 6), (7, 2, 8), (3, 4, 3), (7, 8, 7)])
-def test_padded_rank_rounds_product_rows_to_fours(rank: int, block: int, want: int) -> None:
-    """Pass 1's products get a multiple of 4 rows (terms x block) from 3 terms on, for single rows and pairs only."""
-    assert degrade_fast.padded_rank(rank, block) == want
+@pytest.mark.parametrize(("rank", "block", "quantum", "want"), [
+    (1, 1, 1, 1), (2, 1, 4, 4), (3, 1, 4, 4), (5, 1, 4, 8), (7, 1, 4, 8), (9, 1, 4, 12), (3, 2, 4, 4), (5, 2, 4, 6),
+    (7, 2, 4, 8), (3, 4, 4, 3), (7, 8, 4, 7), (3, 1, 2, 4), (5, 1, 2, 6), (5, 2, 2, 5), (5, 1, 1, 5)])
+def test_padded_rank_rounds_product_rows_to_the_quantum(rank: int, block: int, quantum: int, want: int) -> None:
+    """Pass 1's products get a multiple of ``quantum`` rows (terms x block); blocks of a quantum or more are left alone."""
+    assert degrade_fast.padded_rank(rank, block, quantum) == want
     assert want >= rank
+
+
+@pytest.mark.parametrize("family", ["packed", "small"])
+def test_block_tables_cover_every_rank_and_ratio(family: str, monkeypatch) -> None:
+    """Each family's tables give a valid (block, terms) and pass-2 block at every rank and r, ending unbounded."""
+    monkeypatch.setattr(degrade_fast, "gemm_family", lambda: family)
+    for rank in range(1, 40):
+        for ratio in np.linspace(1.0, 64.0, 200):
+            block, terms = degrade_fast.pass1_shape(float(ratio), rank)
+            assert block in (1, 2, 4, 8, 16) and terms >= rank
+            assert degrade_fast.pass2_block(float(ratio), rank) in (1, 2, 4, 8, 16)
+    for table in (degrade_fast.PASS1[family], degrade_fast.PASS2[family]):
+        assert set(table) == set(range(1, 13)) and all(steps[-1][0] == np.inf for steps in table.values())
 
 
 @pytest.mark.parametrize("block", [1, 2])
 def test_zero_padded_terms_leave_the_result(block: int, monkeypatch) -> None:
     """The zero terms pass 1 adds (padded_rank) change no output beyond float32 rounding, and are never read."""
-    monkeypatch.setattr(degrade_fast, "block_rows", lambda ratio, rank, first_pass: block)
+    monkeypatch.setattr(degrade_fast, "pass1_shape", lambda ratio, rank: (block, degrade_fast.padded_rank(rank, block, 4)))
     cfg = _cfg("released")
     img = face_like(160, seed=5)
     p = DegradeParams("aniso", 5.0, 1.5, 0.4, 3.3, 0.0, 50, 0, False)  # rank 9: 12 terms, or 10 in pairs
     v, h = kernel_factors(p, cfg)
-    assert degrade_fast.padded_rank(len(v), block) > len(v)  # this kernel's rank is padded
+    assert degrade_fast.padded_rank(len(v), block, 4) > len(v)  # this kernel's rank is padded
     out_hw = lq_size(160, 160, p, cfg)
     padded = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
     degrade_fast.workspace("pass1", (64, 160 * 160 * 3)).fill(np.nan)  # stale rows must not leak in
     again = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
-    monkeypatch.setattr(degrade_fast, "padded_rank", lambda rank, block: rank)
+    monkeypatch.setattr(degrade_fast, "pass1_shape", lambda ratio, rank: (block, rank))
     plain = degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
     assert np.array_equal(padded, again)
     assert np.abs(padded - plain).max() <= ROUNDING

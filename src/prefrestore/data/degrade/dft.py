@@ -172,31 +172,35 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
     return cv2.merge(planes).reshape(out_h, out_w, channels)
 
 
-# Cost model of the two paths on one core, fitted to timings of blur_downsample (ranks 1-27, r 1-30)
-# and blur_downsample_dft at 512 px on the AMD EPYC dev box (bench_degrade.py --fit-cost-model; RESULTS.md, issue 20):
-# the banded path's time is its flop count (both passes, with their block sizes and padded terms) at
-# ~50 GFLOP/s (median error 8-10%; terms for calls and data moves did not improve the fit), the DFT
-# path's is 2 C real DFTs of the padded frame. Refit after the blocks were retuned with padded terms
-# (follow-up 4; two fits: 1.94-1.97e-11 s/flop, 0.92-1.03e-10 s per DFT point and log2 point); the
-# fitted model picked the faster path in 94-99% of the measured cases, the worst pick 1.04-1.25x the
-# faster one. Only the choice depends on it, never a result.
-BANDED_S_PER_FLOP = 1.96e-11
-DFT_S_PER_POINT_LOG2 = 9.7e-11  # per point of the frame and log2(points), per real DFT (~1.9 ns a point at 560^2)
+# Cost model of the two paths on one core, by BLAS kernel family (:func:`fast.gemm_family`), fitted to
+# timings of blur_downsample (ranks 1-27, r 1-30) and blur_downsample_dft at 512 px (bench_degrade.py
+# --fit-cost-model; RESULTS.md, issue 20): the banded path's time is its flop count (both passes, with
+# their block sizes and padded terms) times seconds per flop (median error 8-10%; terms for calls and
+# data moves did not improve the fit), the DFT path's is 2 C real DFTs of the padded frame, per point and
+# log2(points). "packed": the Zen 5 dev box after follow-up 4 (two fits: 1.94-1.97e-11 s/flop,
+# 0.92-1.03e-10 s per DFT point; the faster path picked in 94-99% of the measured cases, the worst pick
+# 1.04-1.25x the faster one). "small": the Zen 4 dev box (follow-up 5). Only the choice of path depends
+# on it, never a result.
+COST_MODEL: dict[str, tuple[float, float]] = {  # family: (s per banded flop, s per DFT point and log2 point)
+    "packed": (1.96e-11, 9.7e-11),
+    "small": (2.43e-11, 1.73e-10),
+}
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
     """Modelled seconds of :func:`fast.blur_downsample`: the multiply-adds of both passes, zeros of the blocks and padded terms included."""
     (height, width), (out_h, out_w) = in_hw, out_hw
-    b1, b2 = fast.block_rows(height / out_h, rank, True), fast.block_rows(width / out_w, rank, False)
+    (b1, terms), b2 = fast.pass1_shape(height / out_h, rank), fast.pass2_block(width / out_w, rank)
     span1, span2 = b1 * height / out_h + length, b2 * width / out_w + length  # band rows per block
-    return BANDED_S_PER_FLOP * 2.0 * channels * out_h * (fast.padded_rank(rank, b1) * span1 * width + rank * span2 * out_w)
+    s_per_flop = COST_MODEL[fast.gemm_family()][0]
+    return s_per_flop * 2.0 * channels * out_h * (terms * span1 * width + rank * span2 * out_w)
 
 
 def dft_cost(length: int, in_hw: tuple[int, int], channels: int) -> float:
     """Modelled seconds of :func:`blur_downsample_dft`: ``2 C`` real DFTs of the padded frame (C forward, C inverse)."""
     height, width = in_hw
     points = dft_size(height + length - 1) * dft_size(width + length - 1)
-    return DFT_S_PER_POINT_LOG2 * points * math.log2(points) * (2 * channels)
+    return COST_MODEL[fast.gemm_family()][1] * points * math.log2(points) * (2 * channels)
 
 
 def dft_is_cheaper(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> bool:

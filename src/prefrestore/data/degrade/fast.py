@@ -15,7 +15,7 @@ where ``C`` is the 1-D blur with OpenCV's ``BORDER_REFLECT_101`` edges and ``R``
 re-implementation. Row ``i`` of ``A_s`` is nonzero only on a band of ``L + 1`` input rows (``L`` taps
 plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead of ``O(H W L^2)``:
 
-1. pass 1: for each output row (or small block of rows, :func:`block_rows`), one
+1. pass 1: for each output row (or small block of rows, :func:`pass1_shape`), one
    ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once (with zero terms
    added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`);
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
@@ -211,7 +211,7 @@ def band_layout(
     are ``scatter @ K.T``: ``[blocks * block * span, R]``, row ``(k, i, t)`` = weight of input row
     ``start[k] + t`` in output row ``k block + i`` (rows past ``size_out`` are zero). Cached per
     geometry: 384 entries. At the released ranges (r in [1, 30], half the draws rotated) the blocks of
-    :func:`block_rows` give about 3 keys per LQ size; 384 entries answered 94% of lookups after 1200
+    :func:`pass1_shape` give about 3 keys per LQ size; 384 entries answered 94% of lookups after 1200
     draws (768: 95%, for up to twice the memory: the 287 keys of 800 draws held 37 MB); a miss costs
     0.5-1 ms (mostly scipy's CSR build and the reflect-101 indices), which is the rare large LQ
     sizes of r < 4. Measured 2026-12-07, RESULTS.md, issue 20, follow-up 4.
@@ -251,56 +251,119 @@ def band_operators(
 # --------------------------------------------------------------------------- blur + downsample
 
 
-# Pass 1's block choice by rank: (r below which it takes blocks of 4, r below which pairs of rows; single
-# rows beyond). Measured on one core of the AMD EPYC dev box (Zen 5, AVX-512; numpy's OpenBLAS 0.3.31),
-# best of 5 over a grid of ranks 1-12 x r 1.2-25 x blocks 1-16 with and without zero-padded terms
-# (RESULTS.md, issue 20, follow-up 4). Ranks above 12 take the rank-12 row.
-PASS1_BLOCKS: dict[int, tuple[float, float]] = {
-    2: (11.0, math.inf), 3: (21.0, 21.0), 4: (9.0, 15.0), 5: (10.0, 19.0), 6: (5.0, 19.0), 7: (5.0, 10.0),
-    8: (2.6, 10.0), 9: (4.5, 11.0), 10: (2.6, 9.0), 11: (3.5, 9.0), 12: (1.9, 5.0),
+# Block choices by BLAS kernel family (speed only: every choice computes the same banded product, to
+# float32 rounding). OpenBLAS's SkylakeX-class cores (Intel AVX-512, and AMD Zen 4, which OpenBLAS 0.3.31
+# runs on SkylakeX kernels) compute a float32 product with M N K <= 1e6 by an unpacked small-matrix kernel
+# (``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``): its time grows with the rows and jumps 2-3x past
+# that size. Other cores pack every product, so that there 8 rows cost about what 2 do. The two want
+# different blocks (the packed table on a small-kernel box: up to 1.8x slower; RESULTS.md, issue 20,
+# follow-up 5), so each family has its own tables, measured with ``bench_degrade.py --tune-blocks``.
+SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+@functools.cache
+def gemm_family() -> str:
+    """``"small"`` where numpy's OpenBLAS has the small-matrix kernel (:data:`SMALL_KERNEL_CORES`), else ``"packed"``.
+
+    Read once per process from threadpoolctl (the core OpenBLAS picked for this CPU), so it is fixed for
+    a machine and library build, as bit-exact replay already is. MKL, BLIS and other OpenBLAS cores:
+    ``"packed"``.
+    """
+    from threadpoolctl import threadpool_info
+
+    openblas = [info for info in threadpool_info() if info.get("internal_api") == "openblas"]
+    own = [info for info in openblas if "numpy" in str(info.get("filepath", ""))] or openblas
+    cores = {str(info.get("architecture", "")).lower() for info in own}
+    return "small" if cores & SMALL_KERNEL_CORES else "packed"
+
+
+# Pass 1 (``[terms x block, span] @ [span, W C]``): by family and rank (ranks above 12 take rank 12's row),
+# steps ``(r below which, block rows, row quantum)``: the first step whose bound exceeds ``r = H / h``
+# applies; the product's rows (terms x block) are padded with zero terms to a multiple of the quantum
+# (:func:`padded_rank`). "packed": the AMD EPYC Zen 5 dev box (follow-up 4: ranks 1-12 x r 1.2-25 x
+# blocks 1-16, best of 5). "small": the AMD EPYC Zen 4 dev box (OpenBLAS core SkylakeX, follow-up 5).
+INF = math.inf
+PASS1: dict[str, dict[int, tuple[tuple[float, int, int], ...]]] = {
+    "packed": {
+        1: ((6.5, 8, 1), (INF, 1, 1)),
+        2: ((2.6, 8, 1), (11.0, 4, 1), (INF, 2, 1)),
+        3: ((2.6, 8, 4), (21.0, 4, 4), (INF, 1, 4)),
+        4: ((1.4, 8, 4), (9.0, 4, 4), (15.0, 2, 4), (INF, 1, 4)),
+        5: ((10.0, 4, 4), (19.0, 2, 4), (INF, 1, 4)),
+        6: ((5.0, 4, 4), (19.0, 2, 4), (INF, 1, 4)),
+        7: ((5.0, 4, 4), (10.0, 2, 4), (INF, 1, 4)),
+        8: ((2.6, 4, 4), (10.0, 2, 4), (INF, 1, 4)),
+        9: ((4.5, 4, 4), (11.0, 2, 4), (INF, 1, 4)),
+        10: ((2.6, 4, 4), (9.0, 2, 4), (INF, 1, 4)),
+        11: ((3.5, 4, 4), (9.0, 2, 4), (INF, 1, 4)),
+        12: ((1.9, 4, 4), (5.0, 2, 4), (INF, 1, 4)),
+    },
+    "small": {
+        1: ((2.19, 4, 1), (4.47, 8, 1), (INF, 4, 1)),
+        2: ((9.95, 4, 1), (INF, 2, 1)),
+        3: ((4.47, 4, 1), (8.22, 2, 1), (INF, 1, 2)),
+        4: ((INF, 1, 1),),
+        5: ((11.96, 2, 1), (INF, 1, 1)),
+        6: ((2.59, 2, 1), (6.71, 1, 1), (9.95, 2, 1), (INF, 1, 1)),
+        7: ((INF, 1, 2),),
+        8: ((INF, 1, 1),),
+        9: ((1.84, 1, 1), (2.19, 4, 1), (INF, 1, 2)),
+        10: ((INF, 1, 1),),
+        11: ((INF, 1, 2),),
+        12: ((INF, 1, 1),),
+    },
+}
+
+# Pass 2 (``[block, span R] @ [span R, h C]``): by family and rank, steps ``(r below which, block columns)``.
+PASS2: dict[str, dict[int, tuple[tuple[float, int], ...]]] = {
+    "packed": {
+        1: ((2.0, 16), (6.5, 8), (INF, 4)), 2: ((2.0, 16), (6.5, 8), (INF, 4)),
+        3: ((2.0, 16), (3.5, 8), (INF, 4)), 4: ((2.0, 16), (3.5, 8), (INF, 4)),
+        **{rank: ((2.0, 16), (3.5, 8), (INF, 1)) for rank in range(5, 13)},
+    },
+    "small": {
+        1: ((INF, 8),),
+        2: ((INF, 4),),
+        3: ((INF, 4),),
+        4: ((INF, 4),),
+        5: ((1.54, 2), (INF, 4)),
+        6: ((1.84, 2), (INF, 4)),
+        7: ((1.54, 16), (2.19, 2), (INF, 4)),
+        8: ((1.3, 2), (1.54, 16), (3.04, 2), (INF, 4)),
+        9: ((1.54, 16), (8.22, 2), (INF, 4)),
+        10: ((1.84, 16), (3.04, 2), (17.89, 4), (INF, 2)),
+        11: ((1.84, 16), (INF, 2)),
+        12: ((1.84, 16), (4.47, 2), (INF, 4)),
+    },
 }
 
 
-def block_rows(ratio: float, rank: int, first_pass: bool) -> int:
-    """Output rows per matrix product (speed only; every choice computes the same banded product).
+def padded_rank(rank: int, block: int, quantum: int) -> int:
+    """The terms pass 1 computes for ``rank`` real ones: zero terms added so that ``terms x block`` is a multiple of ``quantum``.
 
-    A block of ``b`` rows shares one band ``b r + L`` rows wide: large blocks keep BLAS efficient and
-    cut per-call overhead, small ones multiply fewer zeros. What wins depends on the GEMM kernel's
-    shapes: on the dev box's OpenBLAS a product of 8 rows costs about as much as one of 2 and a
-    third less than one of 5-7 (``[M, 43] @ [43, 1536]``: 9.5 us at M = 2, 13.9-18.2 at 5-7, 10.9
-    at 8; M = 1 takes the GEMV path, 3.4), so pass 1 counts the rows of a product (``b`` times the
-    terms, :func:`padded_rank`) as well as the zeros. Measured choices (one core, 512 px, 41 taps;
-    within 0.4% of the grid's best in total, worst case 1.14x; RESULTS.md, issue 20, follow-up 4):
-    pass 1 takes 8 rows for one term below r 6.5 and single rows beyond, 8 rows for 2-3 terms below
-    r 2.6 (4 terms below 1.4), else :data:`PASS1_BLOCKS`; pass 2 (``[b, span R] @ [span R, n C]``)
-    takes 16 rows below r 2, 8 below 3.5 (and for up to 2 terms below 6.5), 4 for up to 4 terms,
-    single columns beyond.
+    Speed only: the zero terms' rows are computed and never read. ``quantum`` (1, 2 or 4) comes from
+    the block tables: products of a multiple of 4 (or 2) rows run faster in both kernel families
+    (single rows of 3 terms take 4). Blocks of at least ``quantum`` rows are left as they are.
     """
-    if not first_pass:
-        if ratio < 2.0:
-            return 16
-        if ratio < 3.5 or (rank <= 2 and ratio < 6.5):
-            return 8
-        return 4 if rank <= 4 else 1
-    if rank == 1:
-        return 8 if ratio < 6.5 else 1
-    if (rank <= 3 and ratio < 2.6) or (rank == 4 and ratio < 1.4):
-        return 8
-    four, two = PASS1_BLOCKS[min(rank, 12)]
-    return 4 if ratio < four else 2 if ratio < two else 1
-
-
-def padded_rank(rank: int, block: int) -> int:
-    """The terms pass 1 computes for ``rank`` real ones at ``block`` rows: zero terms added (speed only).
-
-    A product has ``rank x block`` rows; OpenBLAS runs multiples of 4 rows fastest (see
-    :func:`block_rows`), so single rows of 3 terms take 4 (a zero term) and pairs of rows an even
-    count (7 -> 8, 11 -> 12 on single rows: 1.2-1.3x faster in the grid). The zero terms' rows are
-    computed and never read. One or two terms, and blocks of 4 or more, are left as they are.
-    """
-    if rank <= 2 or block >= 4:
+    if block >= quantum:
         return rank
-    return -(-rank * block // 4) * 4 // block
+    return -(-rank * block // quantum) * quantum // block
+
+
+def pass1_shape(ratio: float, rank: int) -> tuple[int, int]:
+    """Pass 1's ``(block rows, terms)`` at ``r = ratio`` for ``rank`` terms (:data:`PASS1`, this machine's family)."""
+    for below, block, quantum in PASS1[gemm_family()][min(rank, 12)]:
+        if ratio < below:
+            return block, padded_rank(rank, block, quantum)
+    raise AssertionError("the last step of every PASS1 row is unbounded")
+
+
+def pass2_block(ratio: float, rank: int) -> int:
+    """Pass 2's block of output columns at ``r = ratio`` for ``rank`` terms (:data:`PASS2`, this machine's family)."""
+    for below, block in PASS2[gemm_family()][min(rank, 12)]:
+        if ratio < below:
+            return block
+    raise AssertionError("the last step of every PASS2 row is unbounded")
 
 
 def blur_downsample(
@@ -324,8 +387,7 @@ def blur_downsample(
     x = cv2.add(image.reshape(height, cols), 0.0, dst=workspace("image", (height, cols)), dtype=cv2.CV_32F)
 
     # Pass 1 (vertical): y[s, i] = (A_s X)[i] / 255, each block of output rows from its band of X.
-    block = block_rows(height / out_h, rank, first_pass=True)
-    terms = padded_rank(rank, block)  # terms >= rank: the extra ones are zero, computed and never read
+    block, terms = pass1_shape(height / out_h, rank)  # terms >= rank: the extra ones are zero, computed and never read
     ops, start, span = band_operators(v_kernels * (1.0 / 255.0), height, out_h, interp, block)
     ops1 = np.zeros((len(start), terms, block, span), dtype=np.float32)
     ops1[:, :rank] = ops.transpose(0, 3, 1, 2)
@@ -351,7 +413,7 @@ def blur_downsample(
                        dst=workspace("pass1_t", (width, rank * out_h, channels))).reshape(width * rank, out_h * channels)
 
     # Pass 2 (horizontal): z[j] = sum_s (B_s)[j] y_s, the band of output column j over all terms at once.
-    block = block_rows(width / out_w, rank, first_pass=False)
+    block = pass2_block(width / out_w, rank)
     ops, start, span = band_operators(h_kernels, width, out_w, interp, block)
     ops2 = ops.astype(np.float32).reshape(len(start), block, span * rank)
     z = workspace("pass2", (len(start) * block, out_h * channels))
