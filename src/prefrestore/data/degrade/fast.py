@@ -19,8 +19,8 @@ plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead 
    ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once (with zero terms
    added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`);
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
-   them: ``Y^T[(x, s), (i, c)]`` (the image rows stay channel-interleaved, so this is one C-channel
-   transpose of the ``R n`` rows of pass 1);
+   them: ``Y^T[(x, s), (i, c)]`` (the image rows are channel-planar, ``[C, W]`` each, so this is one
+   1-channel transpose of the ``R n C`` rows of pass 1);
 3. pass 2: for each output column (or block), one ``[1, (L+1) R] @ [(L+1) R, n C]`` product sums
    the terms.
 
@@ -63,8 +63,8 @@ INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv
 _WORKSPACE = threading.local()
 
 
-def workspace(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array of ``shape`` for this thread, reused across calls (contents undefined).
+def workspace(name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A work array of ``shape`` (float32 unless told) for this thread, reused across calls (contents undefined).
 
     The passes' intermediates are megabytes (the float image, the ``R n`` rows of pass 1 and their
     transpose). Allocated afresh per image, glibc hands such blocks back to the kernel on free and
@@ -76,8 +76,8 @@ def workspace(name: str, shape: tuple[int, ...]) -> np.ndarray:
     buffers = _WORKSPACE.__dict__
     size = math.prod(shape)
     buf = buffers.get(name)
-    if buf is None or buf.size < size:
-        buf = buffers[name] = np.empty(size, dtype=np.float32)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = buffers[name] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
 
 
@@ -338,6 +338,13 @@ PASS2: dict[str, dict[int, tuple[tuple[float, int], ...]]] = {
 }
 
 
+# Pass 1 output rows (rank x LQ rows) from which blur_downsample splits the image into channel planes.
+# Below it the split (~30 us at 512 px) costs more than the faster transpose saves (measured on the Zen 4
+# dev box: break-even near 100 rows at 512 px; rank 5 at r 20 (125 rows) gains 5%, rank 1 at r 12 loses
+# 4% planar; RESULTS.md, issue 20, follow-up 6).
+PLANAR_ROWS = 100
+
+
 def padded_rank(rank: int, block: int, quantum: int) -> int:
     """The terms pass 1 computes for ``rank`` real ones: zero terms added so that ``terms x block`` is a multiple of ``quantum``.
 
@@ -382,9 +389,17 @@ def blur_downsample(
     out_h, out_w = out_hw
     rank = len(v_kernels)
     cols = width * channels
-    # The image as interleaved float rows [H, W C] (one SIMD cast, OpenCV's: 1.7x numpy's astype; a
-    # channel-planar copy cost 2.5x more), into a reused buffer (:func:`workspace`).
-    x = cv2.add(image.reshape(height, cols), 0.0, dst=workspace("image", (height, cols)), dtype=cv2.CV_32F)
+    # The image as float rows [H, W C] (one SIMD cast, OpenCV's: 1.7x numpy's astype, into a reused
+    # buffer, :func:`workspace`), channel-planar ([C, W] per row) where pass 1 gives many rows: then the
+    # transpose between the passes is a 1-channel one, 3x faster than the C-channel transpose of
+    # interleaved rows, for ~30 us more to split the channels (:data:`PLANAR_ROWS`).
+    planar = rank * out_h >= PLANAR_ROWS
+    if planar:
+        src = workspace("image_u8", (height, channels, width), np.uint8)
+        cv2.split(image, [src[:, c] for c in range(channels)])
+    else:
+        src = image
+    x = cv2.add(src.reshape(height, cols), 0.0, dst=workspace("image", (height, cols)), dtype=cv2.CV_32F)
 
     # Pass 1 (vertical): y[s, i] = (A_s X)[i] / 255, each block of output rows from its band of X.
     block, terms = pass1_shape(height / out_h, rank)  # terms >= rank: the extra ones are zero, computed and never read
@@ -408,9 +423,15 @@ def blur_downsample(
     y = y[:rank]
 
     # Transpose to yt[(x, s), (i, c)]: input column x of every rank term, output (row, channel) pairs.
-    # y[s, i, x, c] is a C-channel image of R out_h rows; its transpose is [x, (s, i), c].
-    yt = cv2.transpose(y.reshape(rank * out_h, width, channels),
-                       dst=workspace("pass1_t", (width, rank * out_h, channels))).reshape(width * rank, out_h * channels)
+    # Planar: y[:rank] is [s, i, c, x], R out_h C rows of W, and its 1-channel transpose is [x, (s, i, c)].
+    # Interleaved: y[:rank] is [s, i, x, c], a C-channel image of R out_h rows: its transpose is [x, (s, i), c].
+    stride = rank * out_h * channels
+    yt = workspace("pass1_t", (width, stride))
+    if planar:
+        cv2.transpose(y.reshape(stride, width), dst=yt)
+    else:
+        cv2.transpose(y.reshape(rank * out_h, width, channels), dst=yt.reshape(width, rank * out_h, channels))
+    yt = yt.reshape(width * rank, out_h * channels)
 
     # Pass 2 (horizontal): z[j] = sum_s (B_s)[j] y_s, the band of output column j over all terms at once.
     block = pass2_block(width / out_w, rank)
