@@ -338,11 +338,12 @@ PASS2: dict[str, dict[int, tuple[tuple[float, int], ...]]] = {
 }
 
 
-# Pass 1 output rows (rank x LQ rows) from which blur_downsample splits the image into channel planes.
-# Below it the split (~30 us at 512 px) costs more than the faster transpose saves (measured on the Zen 4
-# dev box: break-even near 100 rows at 512 px; rank 5 at r 20 (125 rows) gains 5%, rank 1 at r 12 loses
-# 4% planar; RESULTS.md, issue 20, follow-up 6).
-PLANAR_ROWS = 100
+# Pass 1 output rows (rank x LQ rows) from which blur_downsample splits the image into channel planes. The
+# split costs a fixed ~30 us (hot caches) to ~60 us (cold) at 512 px and a 1-channel transpose saves ~0.5 us
+# per pass-1 row; on the Zen 4 dev box, with the reference run between draws as in bench_degrade.py, a
+# threshold of 100 rows lost 11-15% on rotated draws at r 8-30 and 300 gained 2-3% over r 2-30 (4.6% at
+# r 2-8) against interleaved rows throughout (RESULTS.md, issue 20, follow-up 6).
+PLANAR_ROWS = 300
 
 
 def padded_rank(rank: int, block: int, quantum: int) -> int:
