@@ -332,10 +332,11 @@ def test_fast_path_is_exact_to_float_tolerance_at_512() -> None:
 
 
 def test_reflect101_matches_opencv() -> None:
-    idx = np.arange(-30, 40)
-    for size in (1, 2, 5, 17):
+    """The tent form equals OpenCV's border mapping, reflections repeated many times over (kernels wider than the image)."""
+    idx = np.arange(-70, 80)
+    for size in (1, 2, 3, 5, 17, 64):
         row = np.arange(size, dtype=np.float32)[None]
-        padded = cv2.copyMakeBorder(row, 0, 0, 30, 39 - size + 1, cv2.BORDER_REFLECT_101)[0]
+        padded = cv2.copyMakeBorder(row, 0, 0, 70, 79 - size + 1, cv2.BORDER_REFLECT_101)[0]
         assert np.array_equal(degrade_fast.reflect101(idx, size), padded.astype(int))
 
 

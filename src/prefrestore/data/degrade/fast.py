@@ -82,18 +82,15 @@ def workspace(name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np
 
 
 def reflect101(index: np.ndarray, size: int) -> np.ndarray:
-    """OpenCV ``BORDER_REFLECT_101`` index mapping (``gfedcb|abcdefgh|gfedcba``), repeated if needed."""
+    """OpenCV ``BORDER_REFLECT_101`` index mapping (``gfedcb|abcdefgh|gfedcba``), repeated if needed.
+
+    The mapping is even and periodic with period ``2 (size - 1)``, and on one period a tent:
+    ``(size - 1) - |(size - 1) - (|i| mod 2 (size - 1))|``. Four array passes, no masks.
+    """
     if size == 1:
         return np.zeros_like(index)
-    index = index.copy()
-    outside = (index < 0) | (index >= size)
-    while outside.any():
-        low = index < 0
-        index[low] = -index[low]
-        high = index >= size
-        index[high] = 2 * (size - 1) - index[high]
-        outside = (index < 0) | (index >= size)
-    return index
+    last = size - 1
+    return last - np.abs(last - np.abs(index) % (2 * last))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -202,7 +199,7 @@ def blur_resize_operator(kernel1d: np.ndarray, size_in: int, size_out: int, inte
 @functools.lru_cache(maxsize=384)
 def band_layout(
     size_in: int, size_out: int, interp: str, length: int, block: int
-) -> tuple[scipy.sparse.csr_matrix, np.ndarray, int]:
+) -> tuple[scipy.sparse.coo_matrix, np.ndarray, int]:
     """The banded storage of ``R @ C`` for kernels of ``length`` taps, output rows in blocks of ``block``.
 
     Output rows ``[k block, (k + 1) block)`` read only the input rows ``start[k] .. start[k] + span - 1``
@@ -212,9 +209,12 @@ def band_layout(
     ``start[k] + t`` in output row ``k block + i`` (rows past ``size_out`` are zero). Cached per
     geometry: 384 entries. At the released ranges (r in [1, 30], half the draws rotated) the blocks of
     :func:`pass1_shape` give about 3 keys per LQ size; 384 entries answered 94% of lookups after 1200
-    draws (768: 95%, for up to twice the memory: the 287 keys of 800 draws held 37 MB); a miss costs
-    0.5-1 ms (mostly scipy's CSR build and the reflect-101 indices), which is the rare large LQ
-    sizes of r < 4. Measured 2026-12-07, RESULTS.md, issue 20, follow-up 4.
+    draws (768: 95%, for up to twice the memory: the 287 keys of 800 draws held 37 MB). The scatter is
+    kept as COO (int32 indices): the product needs no row order, so a miss skips the CSR conversion, its
+    sort and its duplicate merge (duplicates, two taps reading one input row, are summed by the product):
+    half the build time (out 400: 0.21 against 0.44 ms), for products 4-9% slower. With the tent form of
+    :func:`reflect101` a miss of both layout caches at out 100-400 fell from ~0.8 to ~0.3 ms. Measured
+    2026-12-07, RESULTS.md, issue 20, follow-ups 4 and 6.
     """
     rows, src, vals = _operator_layout(size_in, size_out, interp, length)
     first = np.full(size_out, size_in, dtype=np.int64)
@@ -226,9 +226,9 @@ def band_layout(
     lo = np.minimum.reduceat(first, heads)
     span = int((np.maximum.reduceat(last, heads) - lo).max()) + 1
     start = np.minimum(lo, size_in - span)
-    band_index = rows[:, None] * span + (src - start[rows // block][:, None])  # (output row, offset in band)
-    scatter = scipy.sparse.csr_matrix(  # duplicates (two taps reading one input row) are summed
-        (np.repeat(vals, length), (band_index.ravel(), np.tile(np.arange(length), len(rows)))),
+    band_index = (rows[:, None] * span + (src - start[rows // block][:, None])).astype(np.int32)  # (output row, offset in band)
+    scatter = scipy.sparse.coo_matrix(
+        (np.repeat(vals, length), (band_index.ravel(), np.tile(np.arange(length, dtype=np.int32), len(rows)))),
         shape=(len(heads) * block * span, length),
     )
     start.setflags(write=False)
