@@ -212,9 +212,9 @@ def band_layout(
     draws (768: 95%, for up to twice the memory: the 287 keys of 800 draws held 37 MB). The scatter is
     kept as COO (int32 indices): the product needs no row order, so a miss skips the CSR conversion, its
     sort and its duplicate merge (duplicates, two taps reading one input row, are summed by the product):
-    half the build time (out 400: 0.21 against 0.44 ms), for products 4-9% slower. With the tent form of
-    :func:`reflect101` a miss of both layout caches at out 100-400 fell from ~0.8 to ~0.3 ms. Measured
-    2026-12-07, RESULTS.md, issue 20, follow-ups 4 and 6.
+    half the build time (out 400: 0.21 against 0.44 ms), for products 6-24% slower (at out 25: 12 against
+    10 us). With the tent form of :func:`reflect101`, a miss of both layout caches at LQ sizes 128-511
+    fell from 0.7-1.7 to 0.4-0.7 ms. Measured 2026-12-07, RESULTS.md, issue 20, follow-ups 4 and 6.
     """
     rows, src, vals = _operator_layout(size_in, size_out, interp, length)
     first = np.full(size_out, size_in, dtype=np.int64)
@@ -341,7 +341,7 @@ PASS2: dict[str, dict[int, tuple[tuple[float, int], ...]]] = {
 # Pass 1 output rows (rank x LQ rows) from which blur_downsample splits the image into channel planes. The
 # split costs a fixed ~30 us (hot caches) to ~60 us (cold) at 512 px and a 1-channel transpose saves ~0.5 us
 # per pass-1 row; on the Zen 4 dev box, with the reference run between draws as in bench_degrade.py, a
-# threshold of 100 rows lost 11-15% on rotated draws at r 8-30 and 300 gained 2-3% over r 2-30 (4.6% at
+# threshold of 100 rows lost 11-15% on rotated draws at r 8-30 (two of three A/Bs) and 300 gained 2-3% over r 2-30 (4.6% at
 # r 2-8) against interleaved rows throughout (RESULTS.md, issue 20, follow-up 6).
 PLANAR_ROWS = 300
 
