@@ -19,8 +19,9 @@ plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead 
    ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once (with zero terms
    added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`);
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
-   them: ``Y^T[(x, s), (i, c)]`` (the image rows are channel-planar, ``[C, W]`` each, so this is one
-   1-channel transpose of the ``R n C`` rows of pass 1);
+   them: ``Y^T[(x, s), (i, c)]``: one 1-channel transpose of the ``R n C`` rows of pass 1 where the
+   image rows were split into channel planes (``[C, W]`` each, :data:`PLANAR_ROWS`), else one C-channel
+   transpose of its ``R n`` channel-interleaved rows;
 3. pass 2: for each output column (or block), one ``[1, (L+1) R] @ [(L+1) R, n C]`` product sums
    the terms.
 
