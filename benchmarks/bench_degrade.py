@@ -60,6 +60,28 @@ from prefrestore.data.degrade.on_the_fly import OnTheFlyPairs, degrade_batch  # 
 BUCKETS = ((1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 30.0))  # r ranges of --buckets
 
 
+def machine() -> str:
+    """The CPU model, its family/model numbers and numpy's OpenBLAS core: speeds differ by box, so RESULTS.md names each.
+
+    The OpenBLAS core (threadpoolctl) decides ``fast.gemm_family()``, hence the block tables and cost model in use.
+    """
+    from threadpoolctl import threadpool_info
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
+    cores = sorted({str(info.get("architecture")) for info in threadpool_info()
+                    if info.get("internal_api") == "openblas" and "numpy" in str(info.get("filepath", ""))})
+    return f"{name}, numpy OpenBLAS core {'/'.join(cores) or 'none'} (block family {degrade_fast.gemm_family()!r})"
+
+
 def steady_allocator() -> bool:
     """Keep freed memory in this process (glibc ``mallopt``), so that neither path pays page faults.
 
@@ -434,7 +456,7 @@ def main() -> int:
                 print(f"    {rank}: {steps},")
             print("}")
         return 0
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, cv2 {cv2.__version__}, "
+    print(f"# {machine()}, torch {torch.__version__}, cv2 {cv2.__version__}, "
           f"numpy {np.__version__}" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
           + f"; glibc trim/mmap thresholds raised: {steady}")
     print(f"| profile | reference img/s/core | fast img/s/core | ratio wall (range over {args.runs} runs) | "
