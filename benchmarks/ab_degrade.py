@@ -41,10 +41,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # degrade_common.py, beside this script
+from degrade_common import machine, test_images  # noqa: E402  (also puts src/ first)
 
 from prefrestore.core.config import load  # noqa: E402
-from prefrestore.core.images import load_rgb  # noqa: E402
 from prefrestore.data.degrade import direct  # noqa: E402
 
 MODULES = ("fast", "dft", "direct")  # import order: dft uses fast; direct uses both
@@ -97,19 +97,6 @@ def load_baseline(sources: dict[str, str], folder: Path) -> types.ModuleType:
     return loaded["direct"]
 
 
-def images(folder: Path | None, size: int, count: int = 10) -> list[np.ndarray]:
-    """Up to ``count`` real faces (PNG) from ``folder``, else synthetic ``size``-px images (seeded)."""
-    if folder is not None:
-        paths = sorted(folder.glob("*.png"))[:count]
-        if not paths:
-            raise ABError(f"no PNG images in {folder}")
-        return [load_rgb(p) for p in paths]
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size] / size
-    base = np.stack([np.sin(7 * xx + 3 * yy), np.cos(5 * yy), np.sin(11 * xx * yy)], axis=2)
-    return [np.clip(127.5 * (1 + base) + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8) for _ in range(count)]
-
-
 def run(args: argparse.Namespace) -> dict:
     """The A/B itself (see the module docstring); returns ms/img per version, speed-ups and the output comparison."""
     for flag in ("draws", "warmup", "chunk", "size", "compare"):
@@ -122,7 +109,10 @@ def run(args: argparse.Namespace) -> dict:
         cfg = load(args.profile).section("degrade", direct.DegradeConfig)
     except (KeyError, ValueError) as exc:
         raise ABError(f"profile {args.profile!r}: {exc}") from exc
-    faces = images(args.images, args.size)
+    try:
+        faces = test_images(10, args.size, args.images)
+    except (OSError, ValueError) as exc:
+        raise ABError(str(exc)) from exc
     rng = np.random.default_rng(args.seed)
 
     def draws(n: int) -> list[direct.DegradeParams]:
@@ -184,8 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=600, help="untimed draws per version first")
     parser.add_argument("--chunk", type=int, default=5, help="draws per chunk (one reference draw before each)")
     parser.add_argument("--compare", type=int, default=100, help="timed draws whose LQ outputs are compared")
-    parser.add_argument("--images", type=Path, help="folder of real face PNGs (else synthetic --size images)")
-    parser.add_argument("--size", type=int, default=512, help="side of the synthetic images, pixels")
+    parser.add_argument("--images", type=Path, help="folder of real face PNGs, the first 10 (else synthetic images)")
+    parser.add_argument("--size", type=int, default=512, help="image side, pixels (faces are resized to it)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the drawn params")
     return parser.parse_args(argv)
 
@@ -198,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ab_degrade: {exc}", file=sys.stderr)
         return exc.code
     lo, hi = result["speedup_range"]
+    print(f"# {machine()}")
     for name, ms in result["ms"].items():
         print(f"{name:8s} {ms:.3f} ms/img  ratio vs reference {result['ref_ms'] / ms:.2f}x")
     print(f"reference {result['ref_ms']:.2f} ms/img")

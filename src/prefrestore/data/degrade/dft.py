@@ -173,8 +173,8 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 
 
 # Cost model of the two paths on one core, by BLAS kernel family (:func:`fast.gemm_family`), fitted to
-# timings of blur_downsample (ranks 1-27, r 1-30) and blur_downsample_dft at 512 px (bench_degrade.py
-# --fit-cost-model; RESULTS.md, issue 20): the banded path's time is its flop count (both passes, with
+# timings of blur_downsample (ranks 1-27, r 1-30) and blur_downsample_dft at 512 px (tune_degrade.py
+# cost-model; RESULTS.md, issue 20): the banded path's time is its flop count (both passes, with
 # their block sizes and padded terms) times seconds per flop (median error 8-10%; terms for calls and
 # data moves did not improve the fit), the DFT path's is 2 C real DFTs of the padded frame, per point and
 # log2(points). "packed": the Zen 5 dev box after follow-up 4 (two fits: 1.94-1.97e-11 s/flop,

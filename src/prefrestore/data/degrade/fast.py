@@ -258,7 +258,7 @@ def band_operators(
 # (``kernel/x86_64/sgemm_small_kernel_permit_skylakex.c``): its time grows with the rows and jumps 2-3x past
 # that size. Other cores pack every product, so that there 8 rows cost about what 2 do. The two want
 # different blocks (the packed table on a small-kernel box: up to 1.8x slower; RESULTS.md, issue 20,
-# follow-up 5), so each family has its own tables, measured with ``bench_degrade.py --tune-blocks``.
+# follow-up 5), so each family has its own tables, measured with ``benchmarks/tune_degrade.py blocks``.
 SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
 
