@@ -3,7 +3,7 @@
 Ground truth: ``pre_jpeg_reference`` = ``cv2.filter2D`` (41x41 or adaptive kernel, reflect-101) over the
 whole image, then ``cv2.resize``, noise, clip. Same drawn params; max abs diff <= 1/255 before JPEG.
 Each shortcut of degrade_fast.py is also proved on its own: banded operator storage, block sizes,
-interleaved rows with several rank terms, the rank search and its error bound, the closed-form kernel, the DFT blur and the
+interleaved rows with several rank terms, the cross approximation and its error bound, the closed-form kernel, the DFT blur and the
 per-sample choice between the two paths (Eq. 16's blur + downsample).
 """
 
@@ -118,18 +118,29 @@ def test_separable_factors_meet_tolerance() -> None:
     ("released", {"aniso_prob": 1.0}),
     ("tiny", {"aniso_prob": 1.0}),  # adaptive kernel sizes
 ])
-def test_rank_search_finds_the_fewest_terms(profile: str, changes: dict) -> None:
-    """Starting the search at the Frobenius bound skips only ranks that cannot pass: same rank as from 1."""
+def test_cross_approximation_rank_is_near_the_fewest(profile: str, changes: dict) -> None:
+    """The cross approximation meets the bound with at most 2 terms over the SVD's fewest, usually none over."""
     cfg = _cfg(profile, **changes)
     rng = np.random.default_rng(4)
-    for _ in range(25):
+    excess = []
+    for _ in range(200):
         k = gaussian_kernel(draw_params(rng, cfg), cfg)
         u, s, vt = np.linalg.svd(k)
         fewest = next(r for r in range(1, len(s) + 1)
                       if degrade_fast.worst_pixel_error(k - (u[:, :r] * s[:r]) @ vt[:r]) <= degrade_fast.SEPARABLE_TOL)
         v, h = degrade_fast.separable_factors(k)
-        assert len(v) == fewest
         assert degrade_fast.worst_pixel_error(k - v.T @ h) <= degrade_fast.SEPARABLE_TOL
+        excess.append(len(v) - fewest)
+    assert max(excess) <= 2
+    assert np.mean(excess) < 0.4  # measured: 0.26 (released), 0.07 (tiny) over 3000 draws
+
+
+def test_cross_approximation_is_exact_at_full_rank() -> None:
+    """Run to full rank (tol 0), the crosses reproduce any kernel: the residual update loses nothing."""
+    k = np.random.default_rng(0).random((9, 9))
+    v, h = degrade_fast.separable_factors(k, tol=0.0)
+    assert len(v) == 9
+    assert np.abs(v.T @ h - k).max() < 1e-12
 
 
 def test_worst_pixel_error_is_attained() -> None:
