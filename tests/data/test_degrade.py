@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,8 @@ from prefrestore.data.degrade.direct import (
     gaussian_kernel,
     kernel_radius,
     lq_size,
+    noise_field,
+    opencv_seed,
     params_for,
     round_to_uint8,
 )
@@ -205,3 +209,57 @@ def test_round_to_uint8_is_rint_on_the_unit_interval() -> None:
     for arr in (x, rng.random((257, 311, 3), dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32)):
         assert np.array_equal(round_to_uint8(arr), np.rint(arr * 255.0).astype(np.uint8))
     assert round_to_uint8(np.array([[1.5]], dtype=np.float32))[0, 0] == 255  # saturates (astype would wrap)
+
+
+def _noise_params(seed: int, delta: float) -> DegradeParams:
+    return DegradeParams("iso", 2.0, 2.0, 0.0, 4.0, delta, 50, seed, False)
+
+
+def test_noise_field_is_gaussian_with_the_drawn_std(released: DegradeConfig) -> None:
+    """n_delta of Eq. 16: mean 0, std delta / 255 per channel, no correlation between neighbours or channels."""
+    field = noise_field((300, 300, 3), _noise_params(2**62 + 12345, 12.0), released)
+    assert field.shape == (300, 300, 3) and field.dtype == np.float32
+    z = field.astype(np.float64) / (12.0 / 255.0)
+    n = z[..., 0].size
+    for c in range(3):  # 90k samples a channel: 5 sigma of the sample mean, std and kurtosis
+        assert abs(z[..., c].mean()) < 5 / math.sqrt(n)
+        assert abs(z[..., c].std() - 1.0) < 5 / math.sqrt(2 * n)
+        assert abs((z[..., c] ** 4).mean() - 3.0) < 5 * math.sqrt(96 / n)
+    for a, b in ((z[:, 1:], z[:, :-1]), (z[1:], z[:-1]), (z[..., 0], z[..., 1]), (z[..., 1], z[..., 2])):
+        assert abs(float((a * b).mean())) < 5 / math.sqrt(a.size)
+    assert np.all(noise_field((8, 8, 3), _noise_params(3, 0.0), released) == 0.0)
+
+
+def test_noise_field_depends_on_the_seed_alone(released: DegradeConfig) -> None:
+    """Same seed: same field, whatever OpenCV's thread count, on another thread, into a reused buffer; other seeds: unrelated fields."""
+    p = _noise_params(987654321987, 7.0)
+    first = noise_field((64, 80, 3), p, released)
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        again = noise_field((64, 80, 3), p, released)
+    finally:
+        cv2.setNumThreads(threads)
+    elsewhere = {}
+    worker = threading.Thread(target=lambda: elsewhere.update(field=noise_field((64, 80, 3), p, released)))
+    worker.start()
+    worker.join()
+    reused = noise_field((64, 80, 3), p, released, out=np.full((64, 80, 3), 9.0, dtype=np.float32))
+    for field in (again, elsewhere["field"], reused):
+        assert np.array_equal(field, first)
+    for other in (p.noise_seed + 1, p.noise_seed + (1 << 32) + 1, 12):  # neighbouring seeds, in either half
+        z = noise_field((64, 80, 3), dataclasses.replace(p, noise_seed=other), released)
+        assert abs(float((z * first).mean()) / float((first * first).mean())) < 5 / math.sqrt(first.size)
+    gray = noise_field((64, 80, 3), p, dataclasses.replace(released, noise_kind="gray"))
+    assert gray.shape == (64, 80, 1)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        noise_field((64, 80, 3), p, released, out=np.zeros((80, 64, 3), dtype=np.float32).transpose(1, 0, 2))
+
+
+def test_opencv_seed_fits_a_c_int_and_keeps_both_halves() -> None:
+    """The 63-bit noise seed folds to a C int; a change in either 32-bit half changes the folded seed."""
+    for seed in (0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 2, 0x1234_5678_9ABC_DEF0):
+        folded = opencv_seed(seed)
+        assert -(2**31) <= folded < 2**31
+        cv2.setRNGSeed(folded)  # accepted
+        assert opencv_seed(seed ^ 1) != folded and opencv_seed(seed ^ (1 << 40)) != folded
