@@ -8,14 +8,17 @@ two commits cannot tell a 5% change from noise. Here both versions run in one pr
 (BLAS, OpenCV, torch), on the same images and the same drawn params (self-reconstruction off):
 
 * the baseline is ``src/prefrestore/data/degrade/{fast,dft,direct}.py`` read at ``--rev`` (``git show``)
-  or from ``--base-dir`` (a file missing there is this checkout's), imported as separate modules wired to
-  each other (its ``direct`` uses its ``fast`` and ``dft``), so each version has its own geometry caches
-  and work buffers;
+  or from ``--base-dir`` (a file missing there is this checkout's); both it and this checkout's files are
+  imported the same way, as private copies wired to each other (each ``direct`` uses its own ``fast`` and
+  ``dft``), so each version has its own geometry caches and work buffers and neither is favoured. (Until
+  2026-12-07 this checkout ran as the package itself and the reference draws used its work buffers,
+  warming them for it alone: the same code then measured 1.021-1.045x over itself; now 0.973-1.010x,
+  RESULTS.md, issue 20, follow-up 10);
 * each version first runs ``--warmup`` untimed draws on other params (its caches then miss as often as
   in a long run);
 * the timed draws go in chunks of ``--chunk``; before each version's chunk one reference draw
-  (``direct.degrade_reference``, this checkout's) evicts the caches as ``bench_degrade.py``'s
-  interleaving does, and the versions' order rotates per chunk;
+  (that version's ``degrade_reference``) evicts the caches as ``bench_degrade.py``'s interleaving does,
+  and the versions' order rotates per chunk;
 * CPU time of this thread, per version; the speed-up is pooled and given per quarter of the draws.
 
 Afterwards both versions degrade the first ``--compare`` timed draws again and the LQ images are compared:
@@ -76,20 +79,20 @@ def baseline_sources(rev: str | None, base_dir: Path | None) -> dict[str, str]:
     return sources
 
 
-def load_baseline(sources: dict[str, str], folder: Path) -> types.ModuleType:
-    """Import the baseline modules under private names, wired to each other; returns its ``direct``."""
+def load_version(sources: dict[str, str], folder: Path, prefix: str) -> types.ModuleType:
+    """Import one version's modules under private names (``ab_<prefix>_fast``, ...), wired to each other; returns its ``direct``."""
     loaded: dict[str, types.ModuleType] = {}
     for name in MODULES:
-        file = folder / f"ab_baseline_{name}.py"
+        file = folder / f"ab_{prefix}_{name}.py"
         file.write_text(sources[name])
-        spec = importlib.util.spec_from_file_location(f"ab_baseline_{name}", file)
+        spec = importlib.util.spec_from_file_location(f"ab_{prefix}_{name}", file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up there
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any import failure of the baseline is the user's to fix
-            raise ABError(f"the baseline's {name}.py does not import: {type(exc).__name__}: {exc}") from exc
+            raise ABError(f"the {prefix}'s {name}.py does not import: {type(exc).__name__}: {exc}") from exc
         for attr, other in (("fast", "fast"), ("degrade_fast", "fast"), ("degrade_dft", "dft")):
             if other in loaded and isinstance(getattr(module, attr, None), types.ModuleType):
                 setattr(module, attr, loaded[other])
@@ -119,8 +122,11 @@ def run(args: argparse.Namespace) -> dict:
         return [dataclasses.replace(direct.draw_params(rng, cfg), self_rec=False) for _ in range(n)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        versions = {"baseline": load_baseline(baseline_sources(args.rev, args.base_dir), Path(tmp)), "this": direct}
+        this_sources = {name: (ROOT / PACKAGE_DIR / f"{name}.py").read_text() for name in MODULES}
+        versions = {"baseline": load_version(baseline_sources(args.rev, args.base_dir), Path(tmp), "baseline"),
+                    "this": load_version(this_sources, Path(tmp), "checkout")}
         names = list(versions)
+        modules = {name: (version.__name__, version.degrade_fast.__name__) for name, version in versions.items()}
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
         with threadpool_limits(1):
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
                 quarter = min(3, 4 * start // args.draws)
                 for name in names[c % 2:] + names[:c % 2]:
                     t = time.thread_time()
-                    direct.degrade_reference(faces[start % len(faces)], chunk[0], cfg)
+                    versions[name].degrade_reference(faces[start % len(faces)], chunk[0], cfg)
                     ref_seconds += time.thread_time() - t
                     ref_draws += 1
                     t = time.thread_time()
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     ref_ms = ref_seconds / ref_draws * 1e3
     ms = {name: float(seconds[name].sum() / args.draws * 1e3) for name in names}
     quarters = seconds["baseline"] / np.maximum(seconds["this"], 1e-12)
-    return {"ms": ms, "ref_ms": ref_ms, "speedup": ms["baseline"] / ms["this"],
+    return {"ms": ms, "ref_ms": ref_ms, "speedup": ms["baseline"] / ms["this"], "modules": modules,
             "speedup_range": (float(quarters.min()), float(quarters.max())),
             "identical": identical, "compared": min(args.compare, args.draws), "max_abs_diff": worst}
 

@@ -67,9 +67,10 @@ def run_each(fn, chunk: list, cfg: DegradeConfig) -> None:
         fn(img, p, cfg)
 
 
-def stage_breakdown(imgs: list[np.ndarray], params: list, cfg: DegradeConfig) -> dict[str, float]:
-    """CPU ms/img of each stage of the fast path (the body of ``direct.degrade``, stage by stage)."""
+def stage_breakdown(imgs: list[np.ndarray], params: list, cfg: DegradeConfig) -> tuple[dict[str, float], np.ndarray]:
+    """CPU ms/img of each stage of the fast path (the body of ``direct.degrade``, stage by stage), and each draw's total ms."""
     stages = dict.fromkeys(("plan + kernel factors", "blur+downsample", "noise", "JPEG", "upsample"), 0.0)
+    totals = []
     for img, p in zip(imgs, params, strict=True):
         t = [time.thread_time()]
         _, factors = blur_plan(p, cfg, img.shape)
@@ -88,7 +89,18 @@ def stage_breakdown(imgs: list[np.ndarray], params: list, cfg: DegradeConfig) ->
         t.append(time.thread_time())
         for key, seconds in zip(stages, np.diff(t), strict=True):
             stages[key] += seconds * 1e3 / len(imgs)
-    return stages
+        totals.append((t[-1] - t[0]) * 1e3)
+    return stages, np.array(totals)
+
+
+def sampling_error(draw_ms: np.ndarray) -> float:
+    """The relative standard error of a run's mean fast-path time that comes from which draws it got alone.
+
+    A draw's cost spreads widely (r in [1, 30]: the LQ size varies 30x, rotated kernels take several rank
+    terms), so a run of ``n`` draws has a mean that moves by ``cv / sqrt(n)`` from one set of draws to the next
+    even on a steady machine; the reference's cost hardly depends on the draw, so the run's ratio moves as much.
+    """
+    return float(draw_ms.std(ddof=1) / draw_ms.mean() / np.sqrt(len(draw_ms)))
 
 
 def interleaved(imgs: list[np.ndarray], params: list, n_ref: int, cfg: DegradeConfig) -> dict[str, float]:
@@ -144,7 +156,9 @@ def bench_profile(profile: str, n: int, n_ref: int, runs: int, size: int, batch:
             params = [dataclasses.replace(draw_params(rng, cfg), self_rec=False) for _ in range(n)]
             per_run.append(interleaved(imgs, params, n_ref, cfg))
         result |= summarise(per_run)
-        result["stages"] = stage_breakdown(imgs, params, cfg)
+        result["stages"], draw_ms = stage_breakdown(imgs, params, cfg)
+        result["draw_cv"] = float(draw_ms.std(ddof=1) / draw_ms.mean())
+        result["run_se"] = sampling_error(draw_ms)
         hq = torch.from_numpy(np.stack(imgs))
         if device == "cpu":
             degrade_batch(hq[:batch], params[:batch], cfg)
@@ -233,11 +247,11 @@ def main() -> int:
     print(f"| profile | reference img/s/core | fast img/s/core | ratio wall (range over {args.runs} runs) | "
           "ratio CPU time (range) | torch batched img/s |")
     print("|---|---|---|---|---|---|")
-    stages, per_run = {}, {}
+    stages, per_run, spread = {}, {}, {}
     for profile in args.profile:
         r = bench_profile(profile, args.n, args.n_ref or args.n, args.runs, args.size, args.batch, args.device,
                           args.images)
-        stages[profile], per_run[profile] = r["stages"], r["per_run_cpu"]
+        stages[profile], per_run[profile], spread[profile] = r["stages"], r["per_run_cpu"], (r["draw_cv"], r["run_se"])
         if args.device == "cpu":
             torch_figure = f"{r['torch_cpu_img_s']:.1f} (cpu, 1 thread, batch {args.batch})"
         else:
@@ -248,6 +262,8 @@ def main() -> int:
               f"| {torch_figure} |", flush=True)
     print("\nPer-run ratios (CPU time): " + "; ".join(
         f"{profile}: " + ", ".join(f"{x:.2f}" for x in runs) for profile, runs in per_run.items()))
+    print(f"Sampling error of one run's ratio from its {args.n} draws alone (per-draw cost spread of the last run's "
+          "draws, hot): " + "; ".join(f"{profile}: cv {cv:.2f}, +-{se:.1%}" for profile, (cv, se) in spread.items()))
     if args.buckets:
         profile = args.profile[-1]
         print(f"\nBy r bucket x kernel ({profile} ranges otherwise; {args.per_bucket} draws x {args.runs} runs each):")
