@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.scripts import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DEGRADE = ROOT / "src/prefrestore/data/degrade"
 
 
-def _ab():
-    spec = importlib.util.spec_from_file_location("ab_degrade", ROOT / "benchmarks/ab_degrade.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-AB = _ab()
+AB = benchmark_script("ab_degrade")
 SMALL = ["--profile", "released", "--draws", "24", "--warmup", "4", "--chunk", "4", "--compare", "12", "--size", "96"]
 
 

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import numpy as np
+from helpers.scripts import benchmark_script
 
 from prefrestore.core.config import load
 from prefrestore.data.degrade.direct import DegradeConfig, draw_params
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_degrade", ROOT / "benchmarks/bench_degrade.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _bench()
+BENCH = benchmark_script("bench_degrade")
 
 
 def test_sampling_error_is_the_relative_standard_error_of_the_mean() -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.scripts import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TUNE = _script("tune_degrade")
+TUNE = benchmark_script("tune_degrade")
 COMMON = sys.modules["degrade_common"]  # the one tune_degrade imported
 
 
