@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from helpers.scripts import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[2]
-
 TUNE = benchmark_script("tune_degrade")
 COMMON = sys.modules["degrade_common"]  # the one tune_degrade imported
 
