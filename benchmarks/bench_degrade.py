@@ -15,7 +15,8 @@ degraded), interleaved in rounds so that machine noise hits both alike, after on
 pass (steady state: the fast path's per-geometry caches filled). ``--runs`` repeats the timed rounds
 in the same process on fresh draws; each run's ratio is printed and the table gives the pooled ratio
 and the range over runs, by wall clock and by this thread's CPU time (which a shared, loaded machine
-disturbs less). ``--buckets`` times both paths by r bucket x kernel type (released ranges otherwise);
+disturbs less), with each profile's sampling error of one run: how far a run's ratio moves with the
+draws it got alone (:func:`sampling_error`; about +-7% at ``released`` with 200 draws; the box drifts about as much, RESULTS.md, issue 20, follow-up 10). ``--buckets`` times both paths by r bucket x kernel type (released ranges otherwise);
 ``--loader`` times ``OnTheFlyPairs`` (PNG decode + degrade + tensors) per worker. Prints markdown
 tables for benchmarks/RESULTS.md, then where the fast path's time goes, stage by stage.
 
