@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
                 quarter = min(3, 4 * start // args.draws)
                 for name in names[c % 2:] + names[:c % 2]:
                     t = time.thread_time()
-                    versions[name].degrade_reference(faces[start % len(faces)], chunk[0], cfg)
+                    reference(versions[name], name, faces[start % len(faces)], chunk[0], cfg)
                     ref_seconds += time.thread_time() - t
                     ref_draws += 1
                     t = time.thread_time()
@@ -159,6 +159,14 @@ def run(args: argparse.Namespace) -> dict:
     return {"ms": ms, "ref_ms": ref_ms, "speedup": ms["baseline"] / ms["this"], "modules": modules,
             "speedup_range": (float(quarters.min()), float(quarters.max())),
             "identical": identical, "compared": min(args.compare, args.draws), "max_abs_diff": worst}
+
+
+def reference(version: types.ModuleType, name: str, image: np.ndarray, p: direct.DegradeParams, cfg) -> None:
+    """``version.degrade_reference(image, p, cfg)`` (evicts the caches before that version's chunk); a failure is the version's, exit code 3."""
+    try:
+        version.degrade_reference(image, p, cfg)
+    except Exception as exc:  # noqa: BLE001 - an older baseline may lack it or not accept today's params
+        raise ABError(f"the {name} version's reference failed on {p}: {type(exc).__name__}: {exc}", code=3) from exc
 
 
 def call(version: types.ModuleType, name: str, image: np.ndarray, p: direct.DegradeParams, cfg) -> np.ndarray:
