@@ -85,3 +85,14 @@ def test_a_baseline_that_does_not_import_is_reported(tmp_path: Path, capsys: pyt
     (base / "dft.py").write_text("import no_such_module_here\n")
     assert AB.main(["--base-dir", str(base), *SMALL]) == 2
     assert "the baseline's dft.py does not import: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_a_baseline_whose_reference_fails_is_reported_with_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = _copy_of_this_checkout(tmp_path)
+    direct = (base / "direct.py").read_text()
+    marker = "def degrade_reference(image: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray:\n"
+    assert direct.count(marker) == 1
+    (base / "direct.py").write_text(direct.replace(marker, marker + '    raise RuntimeError("broken reference")\n'))
+    assert AB.main(["--base-dir", str(base), *SMALL]) == 3
+    err = capsys.readouterr().err
+    assert "the baseline version's reference failed" in err and "broken reference" in err and len(err.splitlines()) == 1
