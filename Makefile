@@ -12,7 +12,7 @@ TOOLS := $(VENV)/tools
 help:  ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/prefrestore/data/degrade/_kernels.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 'setuptools<82' wheel
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1

@@ -39,6 +39,16 @@ FLOAT_TOL = degrade_fast.SEPARABLE_TOL + 1e-6  # the rank truncation's bound plu
 ROUNDING = 1e-5  # float32 rounding alone: what a shortcut without rank truncation must stay within
 
 
+@pytest.fixture(autouse=True, params=["compiled", "blas"])
+def pass1_path(request, monkeypatch) -> str:
+    """Every test here runs with both pass-1 paths: the compiled kernel (``_kernels.c``) and the BLAS products."""
+    if request.param == "compiled" and degrade_fast.compiled_pass1() is None:
+        pytest.skip("the compiled pass-1 kernel is not built or this CPU lacks AVX-512")
+    if request.param == "blas":
+        monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: None)
+    return request.param
+
+
 def _cfg(profile: str, **changes) -> DegradeConfig:
     return dataclasses.replace(load(profile).section("degrade", DegradeConfig), **changes)
 
@@ -209,6 +219,7 @@ def _direct(img: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray
 def test_every_block_size_gives_the_direct_result(block: int, interp: str, monkeypatch) -> None:
     """The block tables are a speed choice only: any block size, in either pass, gives the same result."""
     monkeypatch.setattr(degrade_fast, "pass1_shape", lambda ratio, rank: (block, rank))
+    monkeypatch.setattr(degrade_fast, "kernel_block", lambda ratio, rank: block)
     monkeypatch.setattr(degrade_fast, "pass2_block", lambda ratio, rank: block)
     cfg = _cfg("released", down_interp=interp, up_interp=interp)
     img = face_like(160, seed=3)
@@ -292,7 +303,7 @@ def test_zero_padded_terms_leave_the_result(block: int, monkeypatch) -> None:
     assert np.abs(padded - _direct(img, p, cfg)).max() <= FLOAT_TOL
 
 
-def test_work_buffers_are_reused_and_never_returned() -> None:
+def test_work_buffers_are_reused_and_never_returned(pass1_path: str) -> None:
     """The per-thread work buffers (fast.workspace) are reused across draws, and no result is a view of one.
 
     Draws of different sizes and both blur paths, in turn and again: each repeat gives the same bytes as
@@ -313,7 +324,8 @@ def test_work_buffers_are_reused_and_never_returned() -> None:
     first = [degrade(img, p, cfg) for p in draws]
     smalls = [pre_jpeg(img, p, cfg) for p in draws]
     buffers = dict(degrade_fast._WORKSPACE.__dict__)
-    assert {"image", "pass1", "pass1_t", "pass2", "dft_frame", "noise", "upsample"} <= set(buffers)
+    used = {"pass1", "pass1_t", "pass2", "dft_frame", "noise", "upsample"} | ({"image"} if pass1_path == "blas" else set())
+    assert used <= set(buffers)  # the float copy of the image ("image") only where pass 1 runs as BLAS products
     for out in first + smalls:
         assert not any(np.shares_memory(out, buf) for buf in buffers.values())
     again = [degrade(img, p, cfg) for p in reversed(draws)][::-1]

@@ -44,9 +44,11 @@ float32 rounding. This module holds only the banded linear algebra and the work 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import threading
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -359,6 +361,71 @@ PASS2: dict[str, dict[int, tuple[tuple[float, int], ...]]] = {
 PLANAR_ROWS = 300
 
 
+@functools.cache
+def compiled_pass1() -> Callable[..., int] | None:
+    """The compiled pass 1 (``_kernels.c``: AVX-512, straight from uint8 rows) where it was built and this CPU runs it, else None.
+
+    Built by ``setup.py`` at install (optional: no compiler, or not x86-64, and the package installs
+    without it); looked up once per process. Where it is None, :func:`blur_downsample` casts the image to
+    float and runs pass 1 as BLAS products (:data:`PASS1`), the same result to float32 rounding.
+    """
+    try:
+        from prefrestore.data.degrade import _kernels
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(_kernels.__file__)
+    if not lib.band_rows_u8_supported():
+        return None
+    fn = lib.band_rows_u8
+    fn.restype = ctypes.c_int
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p  # x, cols, ops, start, blocks, block, terms, span, y, n
+    fn.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64, ptr, i64]
+    return fn
+
+
+def band_rows_u8(x: np.ndarray, ops: np.ndarray, start: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Pass 1 by the compiled kernel: ``out[s, k B + b] = ops[k, s, b] @ x[start[k] : start[k] + span]``, from uint8 ``x``.
+
+    ``x`` uint8 ``[rows, cols]``; ``ops`` float32 ``[blocks, terms, B, span]`` (blocks of ``B`` output rows sharing
+    one band); ``start`` int64 ``[blocks]``; ``out`` float32 ``[terms, n, cols]`` with ``n <= blocks B`` (rows past
+    ``n`` are not written); all C-contiguous. Every shape, dtype and band bound is checked here, before the C
+    code reads a byte (ValueError); RuntimeError where :func:`compiled_pass1` is None.
+    """
+    kernel = compiled_pass1()
+    if kernel is None:
+        raise RuntimeError("the compiled pass-1 kernel is not available here (fast.compiled_pass1() is None)")
+    arrays = {"x": (x, np.uint8, 2), "ops": (ops, np.float32, 4), "start": (start, np.int64, 1), "out": (out, np.float32, 3)}
+    for name, (arr, dtype, ndim) in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim or not arr.flags.c_contiguous:
+            raise ValueError(f"band_rows_u8: {name} must be a C-contiguous {ndim}-D {np.dtype(dtype).name} array")
+    rows, cols = x.shape
+    blocks, terms, block, span = ops.shape
+    n = out.shape[1]
+    fits = out.shape == (terms, n, cols) and start.shape == (blocks,) and (blocks - 1) * block < n <= blocks * block
+    if not fits or min(terms, span, cols) < 1 or not out.flags.writeable:
+        raise ValueError(f"band_rows_u8: shapes x {x.shape}, ops {ops.shape}, start {start.shape}, out {out.shape} do not fit")
+    if start.min() < 0 or start.max() > rows - span:
+        raise ValueError(f"band_rows_u8: bands of {span} rows from {start.min()}..{start.max()} leave the {rows} rows of x")
+    if kernel(x.ctypes.data, cols, ops.ctypes.data, start.ctypes.data, blocks, block, terms, span, out.ctypes.data, n) != 0:
+        raise RuntimeError("band_rows_u8: the compiled kernel refused this CPU")
+    return out
+
+
+KERNEL_PAIRS = 8  # (term, row) pairs the compiled kernel holds in registers at once (_kernels.c MAX_TERMS)
+
+
+def kernel_block(ratio: float, rank: int) -> int:
+    """Output rows per band for the compiled pass 1 at ``r = ratio``: ``KERNEL_PAIRS // rank`` below r = 4, else 1.
+
+    A block converts each input value to float once for all its ``rank x block`` (term, row) pairs, but reads a
+    band ``(block - 1) r`` rows taller, with zero weights outside each row's own band. Below r = 4, bands of
+    neighbouring rows overlap almost wholly and blocks pay (rank 1: 1.25x, rank 2: 1.10x the blur at r < 4);
+    above, they gained nothing, and a model counting instructions, which wanted blocks up to r = 8 and more,
+    ran 1-3.5% slower in all (same-process A/B on 1500 released draws; RESULTS.md, issue 20, follow-up 11).
+    """
+    return max(1, KERNEL_PAIRS // rank) if ratio < 4.0 else 1
+
+
 def padded_rank(rank: int, block: int, quantum: int) -> int:
     """The terms pass 1 computes for ``rank`` real ones: zero terms added so that ``terms x block`` is a multiple of ``quantum``.
 
@@ -403,8 +470,7 @@ def blur_downsample(
     out_h, out_w = out_hw
     rank = len(v_kernels)
     cols = width * channels
-    # The image as float rows [H, W C] (one SIMD cast, OpenCV's: 1.7x numpy's astype, into a reused
-    # buffer, :func:`workspace`), channel-planar ([C, W] per row) where pass 1 gives many rows: then the
+    # The image as rows [H, W C], channel-planar ([C, W] per row) where pass 1 gives many rows: then the
     # transpose between the passes is a 1-channel one, 3x faster than the C-channel transpose of
     # interleaved rows, for ~30 us more to split the channels (:data:`PLANAR_ROWS`).
     planar = rank * out_h >= PLANAR_ROWS
@@ -413,7 +479,24 @@ def blur_downsample(
         cv2.split(image, [src[:, c] for c in range(channels)])
     else:
         src = image
-    x = cv2.add(src.reshape(height, cols), 0.0, dst=workspace("image", (height, cols)), dtype=cv2.CV_32F)
+    src = src.reshape(height, cols)
+    if compiled_pass1() is not None:
+        # Pass 1 (vertical) by the compiled kernel, straight from the uint8 rows, in blocks of output rows.
+        block = kernel_block(height / out_h, rank)
+        ops, start, _ = band_operators(v_kernels * (1.0 / 255.0), height, out_h, interp, block)
+        y = band_rows_u8(src, np.ascontiguousarray(ops.transpose(0, 3, 1, 2), dtype=np.float32), start,
+                         workspace("pass1", (rank, out_h, cols)))
+    else:
+        y = _pass1_blas(src, v_kernels, out_h, interp)
+    return _pass2(y, h_kernels, (height, width, channels), (out_h, out_w), interp, planar)
+
+
+def _pass1_blas(src: np.ndarray, v_kernels: np.ndarray, out_h: int, interp: str) -> np.ndarray:
+    """Pass 1 of :func:`blur_downsample` without the compiled kernel: the image cast to float, then BLAS products by blocks."""
+    height, cols = src.shape
+    rank = len(v_kernels)
+    # one SIMD cast to float rows, OpenCV's (1.7x numpy's astype), into a reused buffer (:func:`workspace`)
+    x = cv2.add(src, 0.0, dst=workspace("image", (height, cols)), dtype=cv2.CV_32F)
 
     # Pass 1 (vertical): y[s, i] = (A_s X)[i] / 255, each block of output rows from its band of X.
     block, terms = pass1_shape(height / out_h, rank)  # terms >= rank: the extra ones are zero, computed and never read
@@ -434,8 +517,15 @@ def blur_downsample(
         else:  # product rows are (term s, row i of the block): scattered to y[s, i0 + i]
             np.matmul(ops1[k], band, out=product)
             y[:, i0 : i0 + rows] = product.reshape(terms, block, cols)[:, :rows]
-    y = y[:rank]
+    return y[:rank]
 
+
+def _pass2(y: np.ndarray, h_kernels: np.ndarray, shape: tuple[int, int, int], out_hw: tuple[int, int], interp: str,
+           planar: bool) -> np.ndarray:
+    """The transpose and pass 2 of :func:`blur_downsample`, from pass 1's ``y [R, h, W C]`` (planar: ``[R, h, C, W]``)."""
+    _, width, channels = shape
+    out_h, out_w = out_hw
+    rank = len(h_kernels)
     # Transpose to yt[(x, s), (i, c)]: input column x of every rank term, output (row, channel) pairs.
     # Planar: y[:rank] is [s, i, c, x], R out_h C rows of W, and its 1-channel transpose is [x, (s, i, c)].
     # Interleaved: y[:rank] is [s, i, x, c], a C-channel image of R out_h rows: its transpose is [x, (s, i), c].
