@@ -470,17 +470,20 @@ def blur_downsample(
     out_h, out_w = out_hw
     rank = len(v_kernels)
     cols = width * channels
-    # The image as rows [H, W C], channel-planar ([C, W] per row) where pass 1 gives many rows: then the
-    # transpose between the passes is a 1-channel one, 3x faster than the C-channel transpose of
-    # interleaved rows, for ~30 us more to split the channels (:data:`PLANAR_ROWS`).
-    planar = rank * out_h >= PLANAR_ROWS
+    # The image as rows [H, W C], channel-planar ([C, W] per row) where BLAS pass 1 gives many rows: then
+    # the transpose between the passes is a 1-channel one, 3x faster than the C-channel transpose of
+    # interleaved rows, for ~30 us more to split the channels (:data:`PLANAR_ROWS`). With the compiled
+    # pass 1, interleaved rows throughout: the blur ran 1.07-1.11x faster than with planar rows past
+    # PLANAR_ROWS (same-process A/B, 1500 released draws, three seeds; RESULTS.md, issue 20, follow-up 11).
+    kernel = compiled_pass1()
+    planar = kernel is None and rank * out_h >= PLANAR_ROWS
     if planar:
         src = workspace("image_u8", (height, channels, width), np.uint8)
         cv2.split(image, [src[:, c] for c in range(channels)])
     else:
         src = image
     src = src.reshape(height, cols)
-    if compiled_pass1() is not None:
+    if kernel is not None:
         # Pass 1 (vertical) by the compiled kernel, straight from the uint8 rows, in blocks of output rows.
         block = kernel_block(height / out_h, rank)
         ops, start, _ = band_operators(v_kernels * (1.0 / 255.0), height, out_h, interp, block)
