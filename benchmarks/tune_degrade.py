@@ -6,7 +6,7 @@
 * ``blocks``: ``fast.PASS1`` and ``fast.PASS2`` (block rows / columns and row quantum per rank and r) for this
   machine's BLAS family (``fast.gemm_family()``), printed as the rows to paste into ``fast.py``, with how much
   slower the other family's tables run here.
-* ``cost-model``: this family's row of ``dft.COST_MODEL`` (seconds per banded flop, per DFT point and log2
+* ``cost-model``: this machine's row of ``dft.COST_MODEL`` (``dft.cost_family()``) (seconds per banded flop, per DFT point and log2
   point), with its median error and how often it picks the faster path.
 
 Speed only: every block choice and either path computes the same result to float32 rounding; the tables are
@@ -35,7 +35,7 @@ from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
 
 
 def fit_cost_model(size: int, folder: Path | None) -> dict:
-    """Refit this machine's row of ``dft.COST_MODEL`` (its BLAS family, ``fast.gemm_family``) (``cost-model``).
+    """Refit this machine's row of ``dft.COST_MODEL`` (``dft.cost_family``: "kernel" with the compiled pass 1, else the BLAS family) (``cost-model``).
 
     Times ``blur_downsample`` with random rank-R factors (R 1-27) and ``blur_downsample_dft`` at r 1-30
     (41 taps, CPU time, best of 5 after a pass that fills the caches), fits seconds = s/flop x
@@ -49,7 +49,7 @@ def fit_cost_model(size: int, folder: Path | None) -> dict:
     def best(fn, *args) -> float:
         return min(timed(fn, imgs[k % len(imgs)], *args)[1] for k in range(5))
 
-    s_per_flop_now, s_per_point_now = degrade_dft.COST_MODEL[degrade_fast.gemm_family()]
+    s_per_flop_now, s_per_point_now = degrade_dft.COST_MODEL[degrade_dft.cost_family()]
     rows = []
     with threadpool_limits(1):
         for timed_pass in (False, True):
@@ -91,6 +91,8 @@ def _steps(ratios: tuple[float, ...], picks: list) -> tuple:
 def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> dict:
     """Measure ``fast.PASS1`` and ``fast.PASS2`` for this machine's BLAS family (``blocks``).
 
+    Both tables are the BLAS path's (``fast.compiled_pass1`` is switched off while they are timed; the compiled
+    pass 1 picks its own blocks, ``fast.kernel_block``).
     Pass 1: every ``(block, terms)`` from blocks 1-16 and row quanta 1, 2, 4, at ranks 1-12 and the
     ratios of :data:`TUNE_RATIOS`, with pass 2 as tabled; then pass 2's blocks 1-16 with the new pass 1.
     Random rank-R factors of 41 taps, one real face, CPU time, best of 5. A grid point keeps the
@@ -102,7 +104,8 @@ def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> di
     rng = np.random.default_rng(0)
     family = degrade_fast.gemm_family()
     other = "packed" if family == "small" else "small"
-    shape1, block2 = degrade_fast.pass1_shape, degrade_fast.pass2_block
+    shape1, block2, kernel = degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_fast.compiled_pass1
+    degrade_fast.compiled_pass1 = lambda: None  # the tables are the BLAS path's: the compiled pass 1 is off while they are timed
 
     def seconds(v, h, out_hw) -> float:
         degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
@@ -166,7 +169,7 @@ def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> di
                     degrade_fast.pass1_shape = shape1
                 degrade_fast.pass2_block = block2
     finally:
-        degrade_fast.pass1_shape, degrade_fast.pass2_block = shape1, block2
+        degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_fast.compiled_pass1 = shape1, block2, kernel
     summary = {name: (float(np.exp(np.mean(np.log(r)))), float(np.max(r))) if r else (1.0, 1.0)
                for name, r in versus.items()}
     return {"family": family, "other": other, "tables": tables, "other_table_slowdown": summary}
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {machine()}")
     if args.what == "cost-model":
         fit = fit_cost_model(args.size, args.images)
-        family = degrade_fast.gemm_family()
+        family = degrade_dft.cost_family()
         print(f"COST_MODEL[{family!r}] = ({fit['s_per_flop']:.3g}, {fit['dft_s_per_point_log2']:.3g}) "
               f"(now {degrade_dft.COST_MODEL[family]}); median error "
               f"{fit['median_rel_err']:.0%}; faster path picked in {fit['agree']:.0%}, worst pick "

@@ -142,3 +142,20 @@ def test_kernel_is_built_where_it_can_run() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the package installs without the kernel")
     assert degrade_fast.compiled_pass1() is not None, "rebuild: pip install -e . (setup.py builds _kernels.c)"
+
+
+def test_cost_model_row_follows_the_pass1_path(monkeypatch) -> None:
+    """The DFT-or-banded choice uses the "kernel" row where the compiled pass 1 runs, else the BLAS family's row."""
+    from prefrestore.data.degrade import dft as degrade_dft
+
+    assert {"packed", "small", "kernel"} <= set(degrade_dft.COST_MODEL)
+    monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: None)
+    assert degrade_dft.cost_family() == degrade_fast.gemm_family()
+    blas = degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3)
+    monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: object())
+    assert degrade_dft.cost_family() == "kernel"
+    block = degrade_fast.kernel_block(512 / 170, 6)
+    span1, span2 = block * 512 / 170 + 41, degrade_fast.pass2_block(512 / 170, 6) * 512 / 170 + 41
+    flops = 2.0 * 3 * 170 * (6 * span1 * 512 + 6 * span2 * 170)
+    assert degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3) == pytest.approx(degrade_dft.COST_MODEL["kernel"][0] * flops)
+    assert degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3) != blas

@@ -179,20 +179,32 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 # data moves did not improve the fit), the DFT path's is 2 C real DFTs of the padded frame, per point and
 # log2(points). "packed": the Zen 5 dev box after follow-up 4 (two fits: 1.94-1.97e-11 s/flop,
 # 0.92-1.03e-10 s per DFT point; the faster path picked in 94-99% of the measured cases, the worst pick
-# 1.04-1.25x the faster one). "small": the Zen 4 dev box (follow-up 5). Only the choice of path depends
-# on it, never a result.
+# 1.04-1.25x the faster one). "small": the Zen 4 dev box (follow-up 5). "kernel": wherever the compiled
+# pass 1 runs (:func:`cost_family`), its flops counted with its own blocks (fast.kernel_block); fitted on the
+# Intel Xeon (family 6 model 167) dev box (two fits: 1.81-1.86e-11 s/flop, 1.58-1.65e-10 per DFT point;
+# the faster path picked in 99-100%, follow-up 11). Only the choice of path depends on it, never a result.
 COST_MODEL: dict[str, tuple[float, float]] = {  # family: (s per banded flop, s per DFT point and log2 point)
     "packed": (1.96e-11, 9.7e-11),
     "small": (2.43e-11, 1.73e-10),
+    "kernel": (1.84e-11, 1.62e-10),
 }
+
+
+def cost_family() -> str:
+    """The :data:`COST_MODEL` row in use: ``"kernel"`` where the compiled pass 1 runs (``fast.compiled_pass1``), else the BLAS family."""
+    return "kernel" if fast.compiled_pass1() is not None else fast.gemm_family()
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
     """Modelled seconds of :func:`fast.blur_downsample`: the multiply-adds of both passes, zeros of the blocks and padded terms included."""
     (height, width), (out_h, out_w) = in_hw, out_hw
-    (b1, terms), b2 = fast.pass1_shape(height / out_h, rank), fast.pass2_block(width / out_w, rank)
+    if fast.compiled_pass1() is not None:
+        b1, terms = fast.kernel_block(height / out_h, rank), rank
+    else:
+        b1, terms = fast.pass1_shape(height / out_h, rank)
+    b2 = fast.pass2_block(width / out_w, rank)
     span1, span2 = b1 * height / out_h + length, b2 * width / out_w + length  # band rows per block
-    s_per_flop = COST_MODEL[fast.gemm_family()][0]
+    s_per_flop = COST_MODEL[cost_family()][0]
     return s_per_flop * 2.0 * channels * out_h * (terms * span1 * width + rank * span2 * out_w)
 
 
@@ -200,7 +212,7 @@ def dft_cost(length: int, in_hw: tuple[int, int], channels: int) -> float:
     """Modelled seconds of :func:`blur_downsample_dft`: ``2 C`` real DFTs of the padded frame (C forward, C inverse)."""
     height, width = in_hw
     points = dft_size(height + length - 1) * dft_size(width + length - 1)
-    return COST_MODEL[fast.gemm_family()][1] * points * math.log2(points) * (2 * channels)
+    return COST_MODEL[cost_family()][1] * points * math.log2(points) * (2 * channels)
 
 
 def dft_is_cheaper(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> bool:

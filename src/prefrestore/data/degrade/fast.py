@@ -17,7 +17,9 @@ plus the 2 bilinear taps), so the whole step costs ``O(R n L (W + n))`` instead 
 
 1. pass 1: for each output row (or small block of rows, :func:`pass1_shape`), one
    ``[R, L+1] @ [L+1, W C]`` product over its band gives all ``R`` terms at once (with zero terms
-   added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`);
+   added where a product of a multiple of 4 rows runs faster, :func:`padded_rank`); where the compiled
+   kernel is built (``_kernels.c``, AVX-512: :func:`compiled_pass1`), the same sums straight from the
+   uint8 rows in one call (:func:`band_rows_u8`, blocks by :func:`kernel_block`), with no float copy of the image;
 2. one transpose, so that the band rows of pass 2 are contiguous and the ``R`` terms sit next to
    them: ``Y^T[(x, s), (i, c)]``: one 1-channel transpose of the ``R n C`` rows of pass 1 where the
    image rows were split into channel planes (``[C, W]`` each, :data:`PLANAR_ROWS`), else one C-channel
