@@ -6,7 +6,8 @@
 * reference: ``direct.degrade_reference`` (released ``degrade_image`` style: full-resolution
   ``cv2.filter2D`` with the 2-D kernel, then resize, noise, JPEG, resize back).
 * fast: ``direct.degrade`` (per sample, by ``direct.blur_plan``: the banded blur computed only where
-  the resize samples, or the whole blur by DFT; fast.py, dft.py).
+  the resize samples, its pass 1 compiled where ``_kernels.c`` is built and the CPU has AVX-512, or the
+  whole blur by DFT; fast.py, dft.py). The header line says which pass 1 ran.
 * torch: ``on_the_fly.degrade_batch`` on batches (CPU, one thread; or ``--device cuda``).
 
 One thread everywhere (torch, OpenCV, BLAS), so the CPU figures are images/s per core. Both CPU

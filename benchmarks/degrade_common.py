@@ -22,9 +22,10 @@ from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
 
 
 def machine() -> str:
-    """The CPU model, its family/model numbers and numpy's OpenBLAS core: speeds differ by box, so RESULTS.md names each.
+    """The CPU model, its family/model numbers, numpy's OpenBLAS core and whether the compiled pass 1 runs: speeds differ by box, so RESULTS.md names each.
 
-    The OpenBLAS core (threadpoolctl) decides ``fast.gemm_family()``, hence the block tables and cost model in use.
+    The OpenBLAS core (threadpoolctl) decides ``fast.gemm_family()``, hence the block tables in use; the compiled
+    pass 1 (``fast.compiled_pass1``) the pass-1 path and the cost-model row.
     """
     from threadpoolctl import threadpool_info
 
@@ -40,7 +41,9 @@ def machine() -> str:
         name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
     cores = sorted({str(info.get("architecture")) for info in threadpool_info()
                     if info.get("internal_api") == "openblas" and "numpy" in str(info.get("filepath", ""))})
-    return f"{name}, numpy OpenBLAS core {'/'.join(cores) or 'none'} (block family {degrade_fast.gemm_family()!r})"
+    kernel = "on" if degrade_fast.compiled_pass1() is not None else "off (BLAS pass 1)"
+    return (f"{name}, numpy OpenBLAS core {'/'.join(cores) or 'none'} (block family {degrade_fast.gemm_family()!r}), "
+            f"compiled pass 1 {kernel}")
 
 
 def steady_allocator() -> bool:
