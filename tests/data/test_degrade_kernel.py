@@ -159,3 +159,31 @@ def test_cost_model_row_follows_the_pass1_path(monkeypatch) -> None:
     flops = 2.0 * 3 * 170 * (6 * span1 * 512 + 6 * span2 * 170)
     assert degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3) == pytest.approx(degrade_dft.COST_MODEL["kernel"][0] * flops)
     assert degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3) != blas
+
+
+class _FakeBuild:
+    """A loaded ``_kernels`` build as ctypes shows it: entry points as attributes (missing ones absent)."""
+
+    def __init__(self, abi: int | None, supported: int) -> None:
+        if abi is not None:
+            self.band_rows_u8_abi = lambda: abi
+        self.band_rows_u8_supported = lambda: supported
+        self.band_rows_u8 = type("Entry", (), {})()
+
+
+@pytest.mark.parametrize("abi", [None, 0, degrade_fast.KERNEL_ABI + 1])
+def test_a_build_of_another_version_is_refused_not_called(abi) -> None:
+    """An editable install whose .so predates a change of _kernels.c would be called with the wrong arguments."""
+    with pytest.warns(RuntimeWarning, match="rebuild it"):
+        assert degrade_fast.kernel_entry(_FakeBuild(abi, supported=1)) is None
+
+
+def test_a_build_on_a_cpu_without_avx512_is_not_used() -> None:
+    assert degrade_fast.kernel_entry(_FakeBuild(degrade_fast.KERNEL_ABI, supported=0)) is None
+
+
+def test_a_current_build_gets_its_arguments_declared() -> None:
+    import ctypes
+
+    entry = degrade_fast.kernel_entry(_FakeBuild(degrade_fast.KERNEL_ABI, supported=1))
+    assert entry is not None and entry.restype is ctypes.c_int and len(entry.argtypes) == 10

@@ -93,6 +93,11 @@ typedef void (*rows_fn)(const uint8_t *, int64_t, const float *const *, int64_t,
 static const rows_fn ROWS[MAX_TERMS + 1] = {0, rows_1, rows_2, rows_3, rows_4, rows_5, rows_6, rows_7, rows_8};
 #endif
 
+/* The argument list of band_rows_u8, numbered: fast.py (KERNEL_ABI) refuses a build of another number, so that
+ * an editable install whose .so predates a change of this file falls back to numpy instead of crashing.
+ * Bump it with every change of band_rows_u8's arguments. */
+int band_rows_u8_abi(void) { return 1; }
+
 /* 1 where this CPU runs band_rows_u8 (AVX-512F), else 0. */
 int band_rows_u8_supported(void) {
 #if HAVE_X86

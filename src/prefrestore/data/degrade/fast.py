@@ -50,6 +50,7 @@ import ctypes
 import functools
 import math
 import threading
+import warnings
 from collections.abc import Callable
 
 import cv2
@@ -375,7 +376,24 @@ def compiled_pass1() -> Callable[..., int] | None:
         from prefrestore.data.degrade import _kernels
     except ImportError:
         return None
-    lib = ctypes.CDLL(_kernels.__file__)
+    return kernel_entry(ctypes.CDLL(_kernels.__file__))
+
+
+KERNEL_ABI = 1  # the argument list band_rows_u8 is called with (_kernels.c band_rows_u8_abi)
+
+
+def kernel_entry(lib) -> Callable[..., int] | None:
+    """``band_rows_u8`` of a loaded ``_kernels`` build, its arguments declared; None where this CPU lacks AVX-512F.
+
+    A build of another :data:`KERNEL_ABI` (an editable install whose ``.so`` predates a change of ``_kernels.c``)
+    is refused with a RuntimeWarning that says how to rebuild, and the numpy path runs: a call with the wrong
+    arguments would crash the process.
+    """
+    abi = getattr(lib, "band_rows_u8_abi", None)
+    if abi is None or abi() != KERNEL_ABI:
+        warnings.warn("the compiled degradation kernel (_kernels.c) was built from another version: rebuild it "
+                      "with `pip install -e .` (make setup); the numpy path runs meanwhile", RuntimeWarning, stacklevel=3)
+        return None
     if not lib.band_rows_u8_supported():
         return None
     fn = lib.band_rows_u8
