@@ -39,6 +39,37 @@ def _fast(stage: str) -> dict[str, object]:
             f"{stage}.log_every": 1, "restore.steps": 2}
 
 
+CONFIGS = {"stage1_1": Stage11Config, "stage1_2": Stage12Config}
+
+
+def assert_adam_close(got: torch.Tensor, want: torch.Tensor, lr: float, steps: int, name: str) -> None:
+    """Weights trained by two AdamW runs that differ only in float rounding (reduction order over ranks) agree.
+
+    Every element within fp32 tolerance (rtol 1e-4, atol 1e-6), except at most 0.1% of a tensor (at least one
+    element): where an element's gradient is at rounding level, Adam divides it by its own tiny second moment,
+    so a rounding difference becomes a different step of up to ``lr`` (measured: one element in 4096 off by
+    2.4e-5 at lr 8e-3 on an Intel Xeon box; none on Zen 4). Those few may differ, by at most ``lr`` per step.
+    """
+    diff = (got - want).abs()
+    off = diff > 1e-6 + 1e-4 * want.abs()
+    allowed = max(1, want.numel() // 1000)
+    assert int(off.sum()) <= allowed, f"{name}: {int(off.sum())} of {want.numel()} elements differ (largest {float(diff.max()):.3g})"
+    assert float(diff.max()) <= lr * steps, f"{name}: an element differs by {float(diff.max()):.3g}, more than {steps} steps of lr {lr}"
+
+
+def test_adam_closeness_fails_on_a_real_difference() -> None:
+    want = torch.linspace(-0.2, 0.2, 4096)
+    near = want.clone()
+    near[7] += 2.4e-5  # one Adam-amplified element: accepted
+    assert_adam_close(near, want, lr=8e-3, steps=4, name="w")
+    with pytest.raises(AssertionError, match="elements differ"):  # a partition left un-updated: thousands off
+        assert_adam_close(want + torch.where(torch.arange(4096) < 2048, 1e-3, 0.0), want, lr=8e-3, steps=4, name="w")
+    far = want.clone()
+    far[7] += 0.1  # one element far past what 4 steps can move it
+    with pytest.raises(AssertionError, match="more than 4 steps"):
+        assert_adam_close(far, want, lr=8e-3, steps=4, name="w")
+
+
 def _cfg() -> Stage12Config:
     return load_train_config(load("tiny").with_overrides({**_fast("stage1_2"), "stage1_2.deepspeed": "zero1"}),
                              "stage1_2", Stage12Config)
@@ -89,9 +120,10 @@ def test_zero_on_two_ranks_equals_one_process_resumes_and_saves_a_plain_model(
     assert len(losses1) == len(losses2) == 4
     assert losses2 == pytest.approx(losses1, rel=1e-5)  # the loss curve, step by step
     assert w1.keys() == w2_0.keys() == w2_1.keys() and w1
+    lr = load_train_config(load("tiny").with_overrides(sets), stage, CONFIGS[stage]).lr
     for k in w1:
         assert torch.equal(w2_0[k], w2_1[k]), k  # ZeRO all-gathers the updated partitions
-        torch.testing.assert_close(w2_0[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+        assert_adam_close(w2_0[k], w1[k], lr, steps=4, name=k)
 
     full = 2 * sum(v.numel() for v in w1.values())  # AdamW: 2 moments per trainable element
     assert 0.5 * full < stats1["optimizer_state_numel"] <= full  # plain AdamW, one process: all of them
