@@ -19,13 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from prefrestore.core.images import load_rgb  # noqa: E402
 from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
+from prefrestore.data.degrade import kernel as degrade_kernel  # noqa: E402
 
 
 def machine() -> str:
     """The CPU model, its family/model numbers, numpy's OpenBLAS core and whether the compiled pass 1 runs: speeds differ by box, so RESULTS.md names each.
 
     The OpenBLAS core (threadpoolctl) decides ``fast.gemm_family()``, hence the block tables in use; the compiled
-    pass 1 (``fast.compiled_pass1``) the pass-1 path and the cost-model row.
+    pass 1 (``kernel.compiled_pass1``) the pass-1 path and the cost-model row.
     """
     from threadpoolctl import threadpool_info
 
@@ -41,7 +42,7 @@ def machine() -> str:
         name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
     cores = sorted({str(info.get("architecture")) for info in threadpool_info()
                     if info.get("internal_api") == "openblas" and "numpy" in str(info.get("filepath", ""))})
-    kernel = "on" if degrade_fast.compiled_pass1() is not None else "off (BLAS pass 1)"
+    kernel = "on" if degrade_kernel.compiled_pass1() is not None else "off (BLAS pass 1)"
     return (f"{name}, numpy OpenBLAS core {'/'.join(cores) or 'none'} (block family {degrade_fast.gemm_family()!r}), "
             f"compiled pass 1 {kernel}")
 

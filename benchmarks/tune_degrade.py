@@ -32,6 +32,7 @@ from degrade_common import machine, test_images, timed  # noqa: E402  (also puts
 
 from prefrestore.data.degrade import dft as degrade_dft  # noqa: E402
 from prefrestore.data.degrade import fast as degrade_fast  # noqa: E402
+from prefrestore.data.degrade import kernel as degrade_kernel  # noqa: E402
 
 
 def fit_cost_model(size: int, folder: Path | None) -> dict:
@@ -91,8 +92,8 @@ def _steps(ratios: tuple[float, ...], picks: list) -> tuple:
 def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> dict:
     """Measure ``fast.PASS1`` and ``fast.PASS2`` for this machine's BLAS family (``blocks``).
 
-    Both tables are the BLAS path's (``fast.compiled_pass1`` is switched off while they are timed; the compiled
-    pass 1 picks its own blocks, ``fast.kernel_block``).
+    Both tables are the BLAS path's (``kernel.compiled_pass1`` is switched off while they are timed; the compiled
+    pass 1 picks its own blocks, ``kernel.kernel_block``).
     Pass 1: every ``(block, terms)`` from blocks 1-16 and row quanta 1, 2, 4, at ranks 1-12 and the
     ratios of :data:`TUNE_RATIOS`, with pass 2 as tabled; then pass 2's blocks 1-16 with the new pass 1.
     Random rank-R factors of 41 taps, one real face, CPU time, best of 5. A grid point keeps the
@@ -104,8 +105,8 @@ def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> di
     rng = np.random.default_rng(0)
     family = degrade_fast.gemm_family()
     other = "packed" if family == "small" else "small"
-    shape1, block2, kernel = degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_fast.compiled_pass1
-    degrade_fast.compiled_pass1 = lambda: None  # the tables are the BLAS path's: the compiled pass 1 is off while they are timed
+    shape1, block2, kernel = degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_kernel.compiled_pass1
+    degrade_kernel.compiled_pass1 = lambda: None  # the tables are the BLAS path's: the compiled pass 1 is off while they are timed
 
     def seconds(v, h, out_hw) -> float:
         degrade_fast.blur_downsample(img, v, h, out_hw, "linear")
@@ -169,7 +170,7 @@ def tune_blocks(size: int, folder: Path | None, keep_within: float = 0.03) -> di
                     degrade_fast.pass1_shape = shape1
                 degrade_fast.pass2_block = block2
     finally:
-        degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_fast.compiled_pass1 = shape1, block2, kernel
+        degrade_fast.pass1_shape, degrade_fast.pass2_block, degrade_kernel.compiled_pass1 = shape1, block2, kernel
     summary = {name: (float(np.exp(np.mean(np.log(r)))), float(np.max(r))) if r else (1.0, 1.0)
                for name, r in versus.items()}
     return {"family": family, "other": other, "tables": tables, "other_table_slowdown": summary}

@@ -53,7 +53,7 @@ def test_test_images_cycle_real_faces_and_refuse_an_empty_folder(tmp_path: Path)
 
 def test_machine_names_the_block_family_and_the_pass1_path(monkeypatch) -> None:
     assert "block family" in COMMON.machine()
-    monkeypatch.setattr(COMMON.degrade_fast, "compiled_pass1", lambda: None)
+    monkeypatch.setattr(COMMON.degrade_kernel, "compiled_pass1", lambda: None)
     assert COMMON.machine().endswith("compiled pass 1 off (BLAS pass 1)")
-    monkeypatch.setattr(COMMON.degrade_fast, "compiled_pass1", lambda: object())
+    monkeypatch.setattr(COMMON.degrade_kernel, "compiled_pass1", lambda: object())
     assert COMMON.machine().endswith("compiled pass 1 on")

@@ -19,6 +19,7 @@ from helpers.faces import face_like
 from prefrestore.core.config import load
 from prefrestore.data.degrade import dft as degrade_dft
 from prefrestore.data.degrade import fast as degrade_fast
+from prefrestore.data.degrade import kernel as degrade_kernel
 from prefrestore.data.degrade.direct import (
     DegradeConfig,
     DegradeParams,
@@ -42,10 +43,10 @@ ROUNDING = 1e-5  # float32 rounding alone: what a shortcut without rank truncati
 @pytest.fixture(autouse=True, params=["compiled", "blas"])
 def pass1_path(request, monkeypatch) -> str:
     """Every test here runs with both pass-1 paths: the compiled kernel (``_kernels.c``) and the BLAS products."""
-    if request.param == "compiled" and degrade_fast.compiled_pass1() is None:
+    if request.param == "compiled" and degrade_kernel.compiled_pass1() is None:
         pytest.skip("the compiled pass-1 kernel is not built or this CPU lacks AVX-512")
     if request.param == "blas":
-        monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: None)
+        monkeypatch.setattr(degrade_kernel, "compiled_pass1", lambda: None)
     return request.param
 
 
@@ -219,7 +220,7 @@ def _direct(img: np.ndarray, p: DegradeParams, cfg: DegradeConfig) -> np.ndarray
 def test_every_block_size_gives_the_direct_result(block: int, interp: str, monkeypatch) -> None:
     """The block tables are a speed choice only: any block size, in either pass, gives the same result."""
     monkeypatch.setattr(degrade_fast, "pass1_shape", lambda ratio, rank: (block, rank))
-    monkeypatch.setattr(degrade_fast, "kernel_block", lambda ratio, rank: block)
+    monkeypatch.setattr(degrade_kernel, "kernel_block", lambda ratio, rank: block)
     monkeypatch.setattr(degrade_fast, "pass2_block", lambda ratio, rank: block)
     cfg = _cfg("released", down_interp=interp, up_interp=interp)
     img = face_like(160, seed=3)

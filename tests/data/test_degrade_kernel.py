@@ -1,4 +1,4 @@
-"""The compiled pass 1 of the banded blur + downsample (``_kernels.c``, via ``fast.band_rows_u8``), on its own.
+"""The compiled pass 1 of the banded blur + downsample (``_kernels.c``, via ``kernel.band_rows_u8``), on its own.
 
 It must equal the product it replaces (float64 reference, float32 rounding), for every column count
 (vector body, 16-wide step, scalar tail), term count (groups of 8 in registers), block and band; write
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from prefrestore.data.degrade import fast as degrade_fast
+from prefrestore.data.degrade import kernel as degrade_kernel
 
-needs_kernel = pytest.mark.skipif(degrade_fast.compiled_pass1() is None,
+needs_kernel = pytest.mark.skipif(degrade_kernel.compiled_pass1() is None,
                                   reason="the compiled pass-1 kernel is not built or this CPU lacks AVX-512")
 
 
@@ -48,7 +49,7 @@ def test_kernel_equals_the_product(cols: int, terms: int, block: int) -> None:
     blocks = 5
     n = blocks * block - (block > 1)  # a last block with a missing row where blocks have several
     x, ops, start, out = _problem(rows, cols, blocks, terms, block, span, n, seed=cols * 31 + terms)
-    got = degrade_fast.band_rows_u8(x, ops, start, out)
+    got = degrade_kernel.band_rows_u8(x, ops, start, out)
     assert got is out
     want = _reference(x, ops, start, n)
     scale = np.abs(ops).sum(axis=-1).max() * 255.0
@@ -62,11 +63,11 @@ def test_kernel_equals_the_product_at_released_shapes() -> None:
     x = rng.integers(0, 256, (512, 1536), dtype=np.uint8)
     for rank, out_h in ((6, 56), (1, 393)):
         ratio = 512 / out_h
-        block = degrade_fast.kernel_block(ratio, rank)
+        block = degrade_kernel.kernel_block(ratio, rank)
         kernels = rng.random((rank, 41)) / 41.0
         ops, start, _ = degrade_fast.band_operators(kernels, 512, out_h, "linear", block)
         ops32 = np.ascontiguousarray(ops.transpose(0, 3, 1, 2), dtype=np.float32)
-        got = degrade_fast.band_rows_u8(x, ops32, start, np.empty((rank, out_h, 1536), np.float32))
+        got = degrade_kernel.band_rows_u8(x, ops32, start, np.empty((rank, out_h, 1536), np.float32))
         want = _reference(x, ops32, start, out_h)
         assert np.abs(got - want).max() <= 1e-4  # weights sum to ~1: float32 rounding of 255-scale values
 
@@ -78,7 +79,7 @@ def test_kernel_writes_nothing_past_its_output() -> None:
     size = 2 * 10 * 37
     buffer = np.full(size + 4096, -7.0, dtype=np.float32)
     out = buffer[:size].reshape(2, 10, 37)
-    degrade_fast.band_rows_u8(x, ops, start, out)
+    degrade_kernel.band_rows_u8(x, ops, start, out)
     assert (buffer[size:] == -7.0).all()
     assert np.isfinite(out).all() and not (out == -7.0).any()
 
@@ -116,21 +117,21 @@ def test_kernel_refuses_arrays_that_do_not_fit(breakage: str) -> None:
     elif breakage == "out read-only":
         out.setflags(write=False)
     with pytest.raises(ValueError, match="band_rows_u8"):
-        degrade_fast.band_rows_u8(x, ops, start, out)
+        degrade_kernel.band_rows_u8(x, ops, start, out)
 
 
 def test_kernel_call_without_the_kernel_is_a_clear_error(monkeypatch) -> None:
-    monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: None)
+    monkeypatch.setattr(degrade_kernel, "compiled_pass1", lambda: None)
     x, ops, start, out = _problem(30, 40, 3, 2, 2, 7, 6, seed=1)
     with pytest.raises(RuntimeError, match="not available"):
-        degrade_fast.band_rows_u8(x, ops, start, out)
+        degrade_kernel.band_rows_u8(x, ops, start, out)
 
 
 def test_kernel_blocks_below_r4_only() -> None:
-    assert degrade_fast.kernel_block(1.3, 1) == degrade_fast.KERNEL_PAIRS
-    assert degrade_fast.kernel_block(3.9, 3) == degrade_fast.KERNEL_PAIRS // 3
-    assert degrade_fast.kernel_block(1.3, 13) == 1
-    assert degrade_fast.kernel_block(4.0, 1) == 1
+    assert degrade_kernel.kernel_block(1.3, 1) == degrade_kernel.KERNEL_PAIRS
+    assert degrade_kernel.kernel_block(3.9, 3) == degrade_kernel.KERNEL_PAIRS // 3
+    assert degrade_kernel.kernel_block(1.3, 13) == 1
+    assert degrade_kernel.kernel_block(4.0, 1) == 1
 
 
 def test_kernel_is_built_where_it_can_run() -> None:
@@ -141,7 +142,7 @@ def test_kernel_is_built_where_it_can_run() -> None:
         pytest.skip("not an x86-64 CPU with AVX-512F")
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the package installs without the kernel")
-    assert degrade_fast.compiled_pass1() is not None, "rebuild: pip install -e . (setup.py builds _kernels.c)"
+    assert degrade_kernel.compiled_pass1() is not None, "rebuild: pip install -e . (setup.py builds _kernels.c)"
 
 
 def test_cost_model_row_follows_the_pass1_path(monkeypatch) -> None:
@@ -149,12 +150,12 @@ def test_cost_model_row_follows_the_pass1_path(monkeypatch) -> None:
     from prefrestore.data.degrade import dft as degrade_dft
 
     assert {"packed", "small", "kernel"} <= set(degrade_dft.COST_MODEL)
-    monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: None)
+    monkeypatch.setattr(degrade_kernel, "compiled_pass1", lambda: None)
     assert degrade_dft.cost_family() == degrade_fast.gemm_family()
     blas = degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3)
-    monkeypatch.setattr(degrade_fast, "compiled_pass1", lambda: object())
+    monkeypatch.setattr(degrade_kernel, "compiled_pass1", lambda: object())
     assert degrade_dft.cost_family() == "kernel"
-    block = degrade_fast.kernel_block(512 / 170, 6)
+    block = degrade_kernel.kernel_block(512 / 170, 6)
     span1, span2 = block * 512 / 170 + 41, degrade_fast.pass2_block(512 / 170, 6) * 512 / 170 + 41
     flops = 2.0 * 3 * 170 * (6 * span1 * 512 + 6 * span2 * 170)
     assert degrade_dft.banded_cost(6, 41, (512, 512), (170, 170), 3) == pytest.approx(degrade_dft.COST_MODEL["kernel"][0] * flops)
@@ -171,19 +172,19 @@ class _FakeBuild:
         self.band_rows_u8 = type("Entry", (), {})()
 
 
-@pytest.mark.parametrize("abi", [None, 0, degrade_fast.KERNEL_ABI + 1])
+@pytest.mark.parametrize("abi", [None, 0, degrade_kernel.KERNEL_ABI + 1])
 def test_a_build_of_another_version_is_refused_not_called(abi) -> None:
     """An editable install whose .so predates a change of _kernels.c would be called with the wrong arguments."""
     with pytest.warns(RuntimeWarning, match="rebuild it"):
-        assert degrade_fast.kernel_entry(_FakeBuild(abi, supported=1)) is None
+        assert degrade_kernel.kernel_entry(_FakeBuild(abi, supported=1)) is None
 
 
 def test_a_build_on_a_cpu_without_avx512_is_not_used() -> None:
-    assert degrade_fast.kernel_entry(_FakeBuild(degrade_fast.KERNEL_ABI, supported=0)) is None
+    assert degrade_kernel.kernel_entry(_FakeBuild(degrade_kernel.KERNEL_ABI, supported=0)) is None
 
 
 def test_a_current_build_gets_its_arguments_declared() -> None:
     import ctypes
 
-    entry = degrade_fast.kernel_entry(_FakeBuild(degrade_fast.KERNEL_ABI, supported=1))
+    entry = degrade_kernel.kernel_entry(_FakeBuild(degrade_kernel.KERNEL_ABI, supported=1))
     assert entry is not None and entry.restype is ctypes.c_int and len(entry.argtypes) == 10

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from prefrestore.data.degrade import fast
+from prefrestore.data.degrade import kernel as degrade_kernel
 
 
 def _smooth235(n: int) -> bool:
@@ -180,7 +181,7 @@ def blur_downsample_dft(image: np.ndarray, kernel: np.ndarray, out_hw: tuple[int
 # log2(points). "packed": the Zen 5 dev box after follow-up 4 (two fits: 1.94-1.97e-11 s/flop,
 # 0.92-1.03e-10 s per DFT point; the faster path picked in 94-99% of the measured cases, the worst pick
 # 1.04-1.25x the faster one). "small": the Zen 4 dev box (follow-up 5). "kernel": wherever the compiled
-# pass 1 runs (:func:`cost_family`), its flops counted with its own blocks (fast.kernel_block); fitted on the
+# pass 1 runs (:func:`cost_family`), its flops counted with its own blocks (kernel.kernel_block); fitted on the
 # Intel Xeon (family 6 model 167) dev box (two fits: 1.81-1.86e-11 s/flop, 1.58-1.65e-10 per DFT point;
 # the faster path picked in 99-100%, follow-up 11). Only the choice of path depends on it, never a result.
 COST_MODEL: dict[str, tuple[float, float]] = {  # family: (s per banded flop, s per DFT point and log2 point)
@@ -191,15 +192,15 @@ COST_MODEL: dict[str, tuple[float, float]] = {  # family: (s per banded flop, s 
 
 
 def cost_family() -> str:
-    """The :data:`COST_MODEL` row in use: ``"kernel"`` where the compiled pass 1 runs (``fast.compiled_pass1``), else the BLAS family."""
-    return "kernel" if fast.compiled_pass1() is not None else fast.gemm_family()
+    """The :data:`COST_MODEL` row in use: ``"kernel"`` where the compiled pass 1 runs (``kernel.compiled_pass1``), else the BLAS family."""
+    return "kernel" if degrade_kernel.compiled_pass1() is not None else fast.gemm_family()
 
 
 def banded_cost(rank: int, length: int, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int) -> float:
     """Modelled seconds of :func:`fast.blur_downsample`: the multiply-adds of both passes, zeros of the blocks and padded terms included."""
     (height, width), (out_h, out_w) = in_hw, out_hw
-    if fast.compiled_pass1() is not None:
-        b1, terms = fast.kernel_block(height / out_h, rank), rank
+    if degrade_kernel.compiled_pass1() is not None:
+        b1, terms = degrade_kernel.kernel_block(height / out_h, rank), rank
     else:
         b1, terms = fast.pass1_shape(height / out_h, rank)
     b2 = fast.pass2_block(width / out_w, rank)
